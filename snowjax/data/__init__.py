@@ -1,0 +1,1 @@
+"""Data: tokenizer, tokenized ArrayRecord datasets (TFDS), corpus builders, the Grain loader."""

@@ -1,0 +1,130 @@
+"""Byte-level BPE tokenizer (Hugging Face ``tokenizers``) with snowjax's fixed special tokens.
+
+Special tokens take the first ids, in this order, in every snowjax tokenizer:
+
+==  =================  ===========================================================
+id  token              use
+==  =================  ===========================================================
+0   ``<|endoftext|>``  end of document; appended to every document, separates them
+1   ``<pad>``          padding in packed rows (masked by segment id 0)
+2   ``<repo_name>``    repository-level documents: precedes the repository name
+3   ``<file_sep>``     repository-level documents: separates files
+==  =================  ===========================================================
+
+Text is encoded literally: a special token's string appearing inside a source file
+(``"<|endoftext|>"`` in a tokenizer's own code, say) is encoded as ordinary bytes,
+never as the special id, so documents cannot forge separators. Structural tokens are
+inserted by id (:data:`FILE_SEP_ID`, ...). ``decode(encode(text)) == text`` for any
+Unicode text: byte-level BPE with no normalizer loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+log = logging.getLogger(__name__)
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<pad>"
+REPO_NAME_TOKEN = "<repo_name>"
+FILE_SEP_TOKEN = "<file_sep>"
+SPECIAL_TOKENS: tuple[str, ...] = (EOS_TOKEN, PAD_TOKEN, REPO_NAME_TOKEN, FILE_SEP_TOKEN)
+EOS_ID, PAD_ID, REPO_NAME_ID, FILE_SEP_ID = range(len(SPECIAL_TOKENS))
+
+TOKENIZER_FILENAME = "tokenizer.json"
+_UNUSED_TOKEN = "<|unused_{}|>"
+_NUM_BYTES = 256
+MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + _NUM_BYTES
+
+
+def _literal_text(tok: Tokenizer) -> Tokenizer:
+    """Make ``tok`` encode special-token strings found in text as ordinary bytes.
+
+    ``tokenizers`` does not persist this flag in ``tokenizer.json``, so it is set on
+    every tokenizer this module creates or loads.
+    """
+    tok.encode_special_tokens = True
+    return tok
+
+
+def _check_special_ids(tok: Tokenizer, where: str) -> None:
+    for want_id, token in enumerate(SPECIAL_TOKENS):
+        got = tok.token_to_id(token)
+        if got != want_id:
+            raise ValueError(f"{where}: special token {token!r} has id {got}, snowjax needs {want_id}")
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 0) -> Tokenizer:
+    """Train a byte-level BPE tokenizer on ``texts``.
+
+    Args:
+      texts: training documents (an iterable is consumed once).
+      vocab_size: exact size of the returned vocabulary, special tokens and the 256
+        byte symbols included; at least :data:`MIN_VOCAB_SIZE`.
+      min_frequency: a merge must occur at least this often to be learned.
+
+    Returns:
+      A tokenizer with ``get_vocab_size() == vocab_size``. When the corpus is too
+      small to learn enough merges, the remaining ids are filled with never-produced
+      ``<|unused_N|>`` tokens so the model's embedding size is what was asked.
+    """
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(f"vocab_size {vocab_size} is below the minimum {MIN_VOCAB_SIZE} (specials + 256 bytes)")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    learned = tok.get_vocab_size()
+    if learned < vocab_size:
+        log.warning("corpus yields only %d tokens; filling to %d with unused tokens", learned, vocab_size)
+        tok.add_special_tokens([_UNUSED_TOKEN.format(i) for i in range(vocab_size - learned)])
+    if tok.get_vocab_size() != vocab_size:
+        raise RuntimeError(f"trained vocabulary has {tok.get_vocab_size()} tokens, asked for {vocab_size}")
+    _check_special_ids(tok, "trained tokenizer")
+    return _literal_text(tok)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load a ``tokenizer.json`` (or a directory holding one, such as a dataset dir).
+
+    Raises:
+      FileNotFoundError: no tokenizer file at ``path``.
+      ValueError: the special tokens do not have snowjax's fixed ids.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / TOKENIZER_FILENAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer file at {path}")
+    tok = Tokenizer.from_file(str(path))
+    _check_special_ids(tok, str(path))
+    return _literal_text(tok)
+
+
+def encode_document(tok: Tokenizer, text: str) -> np.ndarray:
+    """Token ids of one document followed by EOS: int32, shape ``(n + 1,)``."""
+    ids = tok.encode(text, add_special_tokens=False).ids
+    return np.asarray([*ids, EOS_ID], dtype=np.int32)
+
+
+def encode_documents(tok: Tokenizer, texts: Sequence[str]) -> list[np.ndarray]:
+    """:func:`encode_document` for many texts at once (parallel in ``tokenizers``)."""
+    encodings = tok.encode_batch(list(texts), add_special_tokens=False)
+    return [np.asarray([*e.ids, EOS_ID], dtype=np.int32) for e in encodings]
+
+
+def decode(tok: Tokenizer, ids: Sequence[int] | np.ndarray) -> str:
+    """Text of ``ids``, special tokens kept (the exact inverse of encoding)."""
+    return tok.decode([int(i) for i in ids], skip_special_tokens=False)

@@ -1,0 +1,1 @@
+"""Training: learning-rate schedules, the optimizer, metrics (tokens/s, MFU), the step and the loop."""

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny datasets built once per test session (the stdlib corpus and a synthetic one)."""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from snowjax.data.shards import write_token_dataset
+from snowjax.data.text_corpus import build_text_dataset
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+TINY_VOCAB = 512
+TINY_FILES = 24
+
+# Synthetic documents with known lengths around the row size used in tests (seq_len 16):
+# one-token, short, exactly a row (+1 for the shift), just over, several rows.
+SYNTH_SEQ_LEN = 16
+SYNTH_LENGTHS = [1, 2, 3, 5, 9, 16, 17, 18, 33, 40, 7, 64, 100, 4, 12, 2, 31, 50, 6, 11] * 3
+
+
+def _synthetic_docs() -> list[np.ndarray]:
+    return [(1000 * (i + 1) + np.arange(n)).astype(np.int32) for i, n in enumerate(SYNTH_LENGTHS)]
+
+
+@pytest.fixture(scope="session")
+def synthetic_docs() -> list[np.ndarray]:
+    """Documents whose tokens encode (document, position), so every token is traceable."""
+    return _synthetic_docs()
+
+
+@pytest.fixture(scope="session")
+def stdlib_root() -> Path:
+    return STDLIB
+
+
+@pytest.fixture(scope="session")
+def stdlib_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset of a few stdlib files: BPE vocab 512, train and validation splits."""
+    out = tmp_path_factory.mktemp("stdlib") / "ds"
+    return build_text_dataset([STDLIB], out, vocab_size=TINY_VOCAB, max_files=TINY_FILES, val_fraction=0.1, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset of ``synthetic_docs`` in ``train`` (3 shards) and its first 5 in ``validation``."""
+    docs = _synthetic_docs()
+    examples = [{"tokens": d, "language": "python", "source": f"doc{i}"} for i, d in enumerate(docs)]
+    out = tmp_path_factory.mktemp("synthetic") / "ds"
+    return write_token_dataset(out, {"train": examples, "validation": examples[:5]}, name="synthetic", num_shards=3)
