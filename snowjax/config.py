@@ -185,6 +185,11 @@ def _coerce(value: Any, tp: Any, key: str, base_dir: Path) -> Any:
         (item_tp,) = get_args(tp)[:1] or (Any,)
         return [_coerce(v, item_tp, f"{key}[{i}]", base_dir) for i, v in enumerate(value)]
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

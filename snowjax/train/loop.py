@@ -203,12 +203,13 @@ def _run_steps(
             pending.append((step, metrics, batch_fingerprint(local)))
             if step == 1:
                 flush()  # first step includes compilation: log it on its own
-            save_now = step % cfg.checkpoint.every_steps == 0 or step == t.steps or stop.received is not None
+            stopping = stop.received is not None  # read once: a signal may land at any bytecode
+            save_now = step % cfg.checkpoint.every_steps == 0 or step == t.steps or stopping
             if step % t.log_every == 0 or save_now:
                 flush()
             if save_now:
                 checkpointer.save(step, state, data_iter)
-            if stop.received is not None:
+            if stopping:
                 stopped = True
                 log.warning("stopped by signal at step %d; checkpoint saved", step)
                 break

@@ -1,6 +1,13 @@
-"""Shared fixtures: tiny datasets built once per test session (the stdlib corpus and a synthetic one)."""
+"""Shared fixtures: 8 simulated devices, tiny datasets built once per session (stdlib and synthetic)."""
 
 from __future__ import annotations
+
+import os
+
+# Eight simulated CPU devices for every test (set before JAX initialises its
+# backend); tests that want one device take jax.devices()[:1].
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import sysconfig
 from pathlib import Path
