@@ -1,0 +1,34 @@
+# The two set-up commands of the README, and helpers. Each target installs what
+# it needs into .venv (pinned by constraints.txt) before running.
+PYTHON ?= python3
+VENV   ?= .venv
+PIP     = $(VENV)/bin/pip install -q -c constraints.txt
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed          ## build a stdlib dataset, train the tiny model (a few minutes on CPU)
+	$(VENV)/bin/snowjax demo
+
+test: $(VENV)/.installed-dev      ## the whole test suite (what CI runs)
+	$(VENV)/bin/ruff check snowjax tests benchmarks
+	$(VENV)/bin/pytest -q --durations=15
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check snowjax tests benchmarks
+	$(VENV)/bin/ruff format --check snowjax tests benchmarks
+
+bench: $(VENV)/.installed-dev     ## CPU train-step benchmark vs transformers+torch
+	$(VENV)/bin/python benchmarks/train_step.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
