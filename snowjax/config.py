@@ -134,7 +134,7 @@ class CheckpointConfig:
     every_steps: int = 1000
     keep_last: int = 3
     async_save: bool = True
-    resume: bool = True  # resume from the newest complete checkpoint in run_dir
+    resume: bool = True  # resume from the newest complete checkpoint; false refuses a run_dir that has some
 
 
 @dataclass

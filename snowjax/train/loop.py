@@ -133,12 +133,22 @@ def train(cfg: Config) -> TrainResult:
 def _restore_or_init(
     cfg: Config, checkpointer: Checkpointer, abstract_state: TrainState, shardings: TrainState, data_iter: Any
 ) -> TrainState:
-    if cfg.checkpoint.resume:
+    existing = checkpointer.all_steps()
+    if existing and not cfg.checkpoint.resume:
+        raise ConfigError(
+            f"checkpoint.resume: false, but {checkpointer.directory} already holds checkpoints {existing}; "
+            "use a new run_dir or resume"
+        )
+    if existing:
         restored = checkpointer.restore_latest(abstract_state, data_iter)
-        if restored is not None:
-            step, state = restored
-            log.info("resumed from checkpoint %d in %s", step, checkpointer.directory)
-            return state
+        if restored is None:
+            raise RuntimeError(
+                f"none of the checkpoints {existing} in {checkpointer.directory} could be read (see the warnings "
+                "above); move them away to start afresh"
+            )
+        step, state = restored
+        log.info("resumed from checkpoint %d in %s", step, checkpointer.directory)
+        return state
     return init_train_state(cfg.model, make_optimizer(cfg.optimizer, 1.0), shardings, cfg.train.seed)
 
 

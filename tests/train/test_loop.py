@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from snowjax.config import CheckpointConfig, load_config
+from snowjax.config import CheckpointConfig, ConfigError, load_config
 from snowjax.data.shards import open_token_source
 from snowjax.train.checkpoint import Checkpointer
 from snowjax.train.loop import TrainingDivergedError, train
@@ -99,6 +99,11 @@ def test_loss_falls_on_real_code(stdlib_dataset: Path, tmp_path: Path) -> None:
     assert np.mean(losses[-10:]) < _unigram_entropy(stdlib_dataset) - 0.1, losses
     assert (tmp_path / "checkpoints" / "150").is_dir()
     assert (tmp_path / "config.yaml").exists()
+    # The finished run resumes to "nothing to do"; a fresh start into its run_dir is refused.
+    assert train(cfg).step == 150
+    with pytest.raises(ConfigError, match="checkpoint.resume: false, but .* already holds checkpoints"):
+        train(load_config(REPO / "configs/train/demo.yaml",
+                          _overrides(stdlib_dataset, tmp_path, *extra, "checkpoint.resume=false")))
 
 
 def test_resume_after_sigkill_is_exact(stdlib_dataset: Path, tmp_path: Path) -> None:
