@@ -102,8 +102,12 @@ def test_loss_falls_on_real_code(stdlib_dataset: Path, tmp_path: Path) -> None:
     # The finished run resumes to "nothing to do"; a fresh start into its run_dir is refused.
     assert train(cfg).step == 150
     with pytest.raises(ConfigError, match="checkpoint.resume: false, but .* already holds checkpoints"):
-        train(load_config(REPO / "configs/train/demo.yaml",
-                          _overrides(stdlib_dataset, tmp_path, *extra, "checkpoint.resume=false")))
+        train(
+            load_config(
+                REPO / "configs/train/demo.yaml",
+                _overrides(stdlib_dataset, tmp_path, *extra, "checkpoint.resume=false"),
+            )
+        )
 
 
 def test_resume_after_sigkill_is_exact(stdlib_dataset: Path, tmp_path: Path) -> None:
