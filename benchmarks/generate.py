@@ -137,6 +137,19 @@ def numpy_copy_gbps(mib: int = COPY_MIB, iters: int = 5) -> float:
     return 2 * src.nbytes / best / 1e9
 
 
+def steal_seconds() -> float | None:
+    """CPU seconds the hypervisor has taken from this virtual machine since boot (``/proc/stat``), if known.
+
+    ``system_busy_seconds`` counts them as busy, so they are part of "other CPU"; reported on their
+    own because on a shared host they can slow a run as much as a local process does.
+    """
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _seconds(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -150,23 +163,25 @@ def timed_runs(prefill: Callable[[], Any], full: Callable[[], Any], repeats: int
     first_call_s = time.perf_counter() - t0
     prefill()
     prefill_times, total_times = [], []
-    cpu0, busy0, wall0 = os.times(), system_busy_seconds(), time.perf_counter()
+    cpu0, busy0, steal0, wall0 = os.times(), system_busy_seconds(), steal_seconds(), time.perf_counter()
     result = None
     for _ in range(repeats):
         prefill_times.append(_seconds(prefill))
         t = time.perf_counter()
         result = full()
         total_times.append(time.perf_counter() - t)
-    cpu1, busy1, wall1 = os.times(), system_busy_seconds(), time.perf_counter()
+    cpu1, busy1, steal1, wall1 = os.times(), system_busy_seconds(), steal_seconds(), time.perf_counter()
     cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     capacity = max(wall1 - wall0, 1e-9) * (os.cpu_count() or 1)
     other = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0 - cpu_s) / capacity)
+    steal = None if steal0 is None or steal1 is None else (steal1 - steal0) / capacity
     return {
         "first_call_s": first_call_s,
         "prefill_times_s": prefill_times,
         "total_times_s": total_times,
         "cpu_util": cpu_s / capacity,
         "other_cpu_util": other,
+        "steal_util": steal,
         "result": result,
     }
 
@@ -192,6 +207,7 @@ def summarize(case: Case, run: dict[str, Any], cfg: Any) -> dict[str, Any]:
         "total_times_s": run["total_times_s"],
         "cpu_util": run["cpu_util"],
         "other_cpu_util": run["other_cpu_util"],
+        "steal_util": run["steal_util"],
     }
 
 
@@ -438,9 +454,16 @@ def format_table(results: Sequence[dict[str, Any]], pairs: dict[int, dict[str, A
         rows.append(
             f"| {r['batch']} | {name} | {r['prefill_s']:.3f} | {r['decode_s']:.3f} | {r['decode_tokens_per_s']:.1f} "
             f"| {r['total_s']:.3f} | {r['new_tokens_per_s']:.1f} | {ratio} | {r['weight_gbps']:.1f} "
-            f"| {100 * r['weight_gbps'] / machine_gbps:.0f}% | {agree} | {100 * (r['other_cpu_util'] or 0):.0f}% |"
+            f"| {100 * r['weight_gbps'] / machine_gbps:.0f}% | {agree} | {_contention(r)} |"
         )
     return "\n".join(rows)
+
+
+def _contention(r: dict[str, Any]) -> str:
+    """Other processes' share of the machine's CPU during the timed runs, and the hypervisor's steal within it."""
+    text = f"{100 * (r['other_cpu_util'] or 0):.0f}%"
+    steal = r.get("steal_util") or 0.0
+    return text + (f" (steal {100 * steal:.0f}%)" if steal >= 0.005 else "")
 
 
 def goal_lines(report: dict[str, Any]) -> list[str]:
@@ -523,7 +546,8 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         lines += [
             "",
             f"Note: other processes used up to {100 * max(busy):.0f}% of the machine's CPU time during the timed "
-            "runs (`other_cpu_util` in the JSON), so absolute rates are low-biased for those rows.",
+            "runs (`other_cpu_util` in the JSON; it includes time the hypervisor stole from this virtual machine, "
+            "`steal_util`), so absolute rates are low-biased for those rows.",
         ]
     path.write_text("\n".join(lines) + "\n")
 
@@ -594,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(
                 f"[{case.framework} batch {case.batch}] prefill {r['prefill_s']:.3f} s, decode "
                 f"{r['decode_tokens_per_s']:.1f} tokens/s, total {r['total_s']:.2f} s, other processes "
-                f"{100 * (r['other_cpu_util'] or 0):.0f}% CPU ({r['wall_s']:.0f} s)",
+                f"{_contention(r)} CPU ({r['wall_s']:.0f} s)",
                 file=sys.stderr,
                 flush=True,
             )
