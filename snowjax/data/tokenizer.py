@@ -9,7 +9,14 @@ id  token              use
 1   ``<pad>``          padding in packed rows (masked by segment id 0)
 2   ``<repo_name>``    repository-level documents: precedes the repository name
 3   ``<file_sep>``     repository-level documents: separates files
+4   ``<fim_prefix>``   fill-in-the-middle (FIM) training and infilling prompts
+5   ``<fim_middle>``   (StarCoder's PSM layout: prefix, suffix, then the middle)
+6   ``<fim_suffix>``
+7   ``<fim_pad>``
 ==  =================  ===========================================================
+
+Tokenizers trained before the FIM tokens existed (ids 0-3 only) still load; a
+tokenizer that has a FIM token must have it at the id above.
 
 Text is encoded literally: a special token's string appearing inside a source file
 (``"<|endoftext|>"`` in a tokenizer's own code, say) is encoded as ordinary bytes,
@@ -33,8 +40,12 @@ EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
 REPO_NAME_TOKEN = "<repo_name>"
 FILE_SEP_TOKEN = "<file_sep>"
-SPECIAL_TOKENS: tuple[str, ...] = (EOS_TOKEN, PAD_TOKEN, REPO_NAME_TOKEN, FILE_SEP_TOKEN)
-EOS_ID, PAD_ID, REPO_NAME_ID, FILE_SEP_ID = range(len(SPECIAL_TOKENS))
+FIM_TOKENS: tuple[str, ...] = ("<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>")
+CORE_SPECIAL_TOKENS: tuple[str, ...] = (EOS_TOKEN, PAD_TOKEN, REPO_NAME_TOKEN, FILE_SEP_TOKEN)
+SPECIAL_TOKENS: tuple[str, ...] = (*CORE_SPECIAL_TOKENS, *FIM_TOKENS)
+EOS_ID, PAD_ID, REPO_NAME_ID, FILE_SEP_ID, FIM_PREFIX_ID, FIM_MIDDLE_ID, FIM_SUFFIX_ID, FIM_PAD_ID = range(
+    len(SPECIAL_TOKENS)
+)
 
 TOKENIZER_FILENAME = "tokenizer.json"
 _UNUSED_TOKEN = "<|unused_{}|>"
@@ -55,6 +66,8 @@ def _literal_text(tok: Tokenizer) -> Tokenizer:
 def _check_special_ids(tok: Tokenizer, where: str) -> None:
     for want_id, token in enumerate(SPECIAL_TOKENS):
         got = tok.token_to_id(token)
+        if got is None and token in FIM_TOKENS:
+            continue  # an older tokenizer without FIM tokens
         if got != want_id:
             raise ValueError(f"{where}: special token {token!r} has id {got}, snowjax needs {want_id}")
 

@@ -782,7 +782,7 @@ def _write_tokenizer(tokenizer_path: Path, out_dir: Path, cfg: ModelConfig) -> N
         "eos_token": EOS_TOKEN,
         "pad_token": PAD_TOKEN,
         "unk_token": EOS_TOKEN,  # byte-level BPE never needs one; transformers wants a string
-        "additional_special_tokens": list(SPECIAL_TOKENS[2:]),
+        "additional_special_tokens": [t for t in SPECIAL_TOKENS[2:] if tok.token_to_id(t) is not None],
         "model_max_length": cfg.max_seq_len,
         # snowjax encodes special-token strings found in text as ordinary bytes (tokenizer.py);
         # tokenizer.json cannot say so, this flag makes transformers do the same.
