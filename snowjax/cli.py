@@ -1,6 +1,7 @@
 """The ``snowjax`` command: one subcommand per user job.
 
 snowjax train CONFIG [key.sub=value ...]     train or resume a run
+snowjax data prepare [CONFIG] [key=value]    phase-1 curation on Apache Beam: raw code -> token dataset
 snowjax data text --input DIR --out DIR      tokenize a folder of text/code into a dataset
 snowjax demo [--run-dir DIR]                 stdlib dataset + tiny model, a few minutes on CPU
 snowjax eval [CONFIG] --checkpoint DIR       HumanEval & co. (pass@k, sandboxed), bits per byte
@@ -8,6 +9,9 @@ snowjax report RUN_DIR                       markdown report with plots of a run
 snowjax export hf --checkpoint DIR --out DIR checkpoint -> Hugging Face LlamaForCausalLM directory
 snowjax import hf --hf DIR --out DIR         Hugging Face Llama directory -> checkpoint to start training from
 snowjax config CONFIG [key=value ...]        print the fully resolved config
+snowjax serve --checkpoint DIR [--port N]    OpenAI-compatible server (/v1/completions, chat, models)
+snowjax data synth CONFIG [key=value ...]    phase-3 synthetic documents from a teacher LLM endpoint
+snowjax data annotate [CONFIG] [key=value]   phase-2 data: quality scores, per-language top-k by token budget
 """
 
 from __future__ import annotations
@@ -38,10 +42,14 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from snowjax.distributed import detect_environment
     from snowjax.train.loop import train
 
+    cluster = detect_environment(
+        coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
+    )
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg, only_phase=args.phase)
+    result = train(cfg, only_phase=args.phase, cluster=cluster)
     _finish_run(result)
     return 0
 
@@ -85,6 +93,35 @@ def _cmd_data_text(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     print(f"dataset: {out}")
+    return 0
+
+
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    from snowjax.config import load_dataclass
+    from snowjax.data.prepare import CurationConfig, prepare
+
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not Path(config).exists():  # only overrides were given
+        config, overrides = None, [config, *overrides]
+    out = prepare(load_dataclass(CurationConfig, config or REPO_CONFIGS / "data" / "local.yaml", overrides))
+    print(f"dataset: {out}\nreport:  {out / 'report.md'}")
+    return 0
+
+
+def _cmd_data_annotate(args: argparse.Namespace) -> int:
+    from snowjax.config import load_dataclass
+    from snowjax.quality.config import AnnotateConfig
+    from snowjax.quality.job import run_annotate
+
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not Path(config).exists():  # only overrides were given
+        config, overrides = None, [config, *overrides]
+    report = run_annotate(load_dataclass(AnnotateConfig, config or REPO_CONFIGS / "quality" / "local.yaml", overrides))
+    sel = report["selection"]
+    print(f"phase-2 data: {sel['top']['path']} ({sel['top']['selected_tokens']:,} tokens)")
+    if "random" in sel:
+        print(f"random ablation: {sel['random']['path']}")
+    print(f"report: {report['out_dir']}/report.md")
     return 0
 
 
@@ -167,6 +204,25 @@ def _cmd_import_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from snowjax.serve import ServeConfig, serve
+
+    flags = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(ServeConfig)}}
+    serve(ServeConfig(**{k: v for k, v in flags.items() if v is not None}))
+    return 0
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from snowjax.config import load_dataclass
+    from snowjax.synth.job import SynthConfig, run_synth
+
+    report = run_synth(load_dataclass(SynthConfig, args.config, args.overrides))
+    print(f"dataset: {report.get('dataset') or '(none: no document was accepted)'}\nreport:  {report['report_md']}")
+    return 0 if report.get("dataset") else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="snowjax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -178,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config (e.g. configs/curriculum/demo.yaml)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.add_argument("--phase", help="run (or re-run) only this phase, from the previous phase's named checkpoint")
+    # Multi-process start-up; without these the environment decides (snowjax/distributed.py).
+    p.add_argument("--coordinator", help="HOST:PORT of process 0 (explicit cluster; with the two below)")
+    p.add_argument("--num-processes", type=int, help="processes in the explicit cluster")
+    p.add_argument("--process-id", type=int, help="this process's id in the explicit cluster")
     p.set_defaults(fn=_cmd_train)
 
     p = sub.add_parser("report", help="markdown report with plots of a run directory")
@@ -203,6 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-files", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_cmd_data_text)
+    p = data.add_parser("prepare", help="curate raw code into the phase-1 dataset (Apache Beam pipeline)")
+    p.add_argument("config", nargs="?", help="YAML with CurationConfig keys (default configs/data/local.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. out_dir=data/p1 beam.direct_num_workers=4")
+    p.set_defaults(fn=_cmd_data_prepare)
+    p = data.add_parser("annotate", help="phase-2 data: BERT quality annotator, scoring, per-language top-k")
+    p.add_argument("config", nargs="?", help="YAML with AnnotateConfig keys (default configs/quality/local.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. input=data/p1 selection.budget=12.5e9")
+    p.set_defaults(fn=_cmd_data_annotate)
 
     p = sub.add_parser("eval", help="code benchmarks (pass@k in a sandbox) and bits per byte of a checkpoint")
     p.add_argument("config", nargs="?", help="YAML with EvalConfig keys (snowjax/eval/run.py); optional")
@@ -236,6 +304,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param-dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--no-scan-layers", action="store_true", help="store layers unstacked (model.scan_layers: false)")
     p.set_defaults(fn=_cmd_import_hf)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible completions server over a checkpoint (request batching)")
+    p.add_argument("--checkpoint", required=True, help="run dir, checkpoint dir, named phase checkpoint, or HF dir")
+    p.add_argument("--config", help="YAML with the model when none is found beside the checkpoint")
+    p.add_argument("--tokenizer", help="tokenizer.json (default: beside the checkpoint or its datasets)")
+    p.add_argument("--model-name", help="model id in /v1/models and replies (default: the checkpoint's name)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--max-batch", type=int, help="most prompts x n per generate call (default 32)")
+    p.add_argument("--batch-wait-ms", type=float, help="how long a request waits for others to batch with (10)")
+    p.add_argument("--pad-multiple", type=int, help="prompt/cache lengths round up to this (default 32)")
+    p.add_argument("--default-max-tokens", type=int, help="max_tokens of requests that give none (default 256)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype (default: the model's)")
+    p.set_defaults(fn=_cmd_serve)
+
+    p = data.add_parser("synth", help="phase-3 synthetic documents from a teacher LLM (OpenAI-compatible endpoint)")
+    p.add_argument("config", help="YAML with SynthConfig keys (e.g. configs/synth/demo.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seeds.path=... teacher.base_url=...")
+    p.set_defaults(fn=_cmd_data_synth)
     return parser
 
 

@@ -88,4 +88,4 @@ def repository_document_text(
 
 def file_document(code: Sequence[int]) -> np.ndarray:
     """A file-level document: its code's ids and EOS."""
-    return np.asarray([*code, EOS_ID], dtype=np.int32)
+    return np.append(np.asarray(code, dtype=np.int32), np.int32(EOS_ID))

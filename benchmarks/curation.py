@@ -1,0 +1,207 @@
+"""Curation throughput on this CPU, per core: MinHash signatures (snowjax vs datasketch), more rows to come.
+
+**Signatures.** The corpus is the standard library's ``.py`` files (sorted paths, read as UTF-8
+with replacement), cut at ``--mb`` megabytes (default 19). Every row computes one 256-value
+MinHash per file over word 5-grams (``snowjax.data.shingles``: ``text.encode().split()`` words,
+``b" ".join`` of 5) in this one process, one after the other:
+
+- **datasketch** ``legacy`` / ``affine32``: ``MinHash(num_perm=256, seed=42, scheme=...)``,
+  ``update_batch(shingles)``: SHA-1 of each shingle (its default hash), then its NumPy permutations.
+  The shingle lists are built inside the timed region (part of computing a signature).
+- **snowjax** ``legacy`` / ``affine32``: ``MinHasher(MinHashConfig(scheme=...)).signature(text)``
+  with the default fast shingle hash (compiled, numba) and compiled permutations.
+- **snowjax sha1**: the same with ``shingle_hash="sha1"``, datasketch's exact values (checked here).
+
+Rates are megabytes of UTF-8 source per CPU second of this process (``time.process_time``), i.e.
+per core; ratios are against datasketch with the same scheme. Compilation is warmed up before
+timing. The other processes' share of the machine's CPU during each row is recorded, since the
+machine may be shared.
+
+**Whole pipeline.** Not measured yet: :func:`pipeline_row` is where the ``snowjax data prepare``
+row goes (a function returning a row dict like :func:`measure`'s); ``main`` appends its row.
+
+Usage::
+
+    python benchmarks/curation.py                # 19 MB of stdlib Python (~30 s)
+    python benchmarks/curation.py --mb 4 --no-save
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import sysconfig
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _machine import machine_info, package_version, system_busy_seconds  # benchmarks/_machine.py
+
+REPO = Path(__file__).resolve().parents[1]
+GOAL = 10.0  # the issue: signatures at least 10x datasketch per core
+
+
+def stdlib_corpus(megabytes: float) -> list[str]:
+    """Standard-library .py files (site-packages excluded), sorted by path, up to ``megabytes`` of UTF-8."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    texts: list[str] = []
+    total = 0
+    for path in sorted(root.rglob("*.py")):
+        if "site-packages" in path.parts or not path.is_file():
+            continue
+        text = path.read_bytes().decode("utf-8", "replace")
+        size = len(text.encode("utf-8"))
+        if total + size > megabytes * 1e6:
+            break
+        texts.append(text)
+        total += size
+    return texts
+
+
+def measure(name: str, fn: Callable[[list[str]], Any], texts: list[str], baseline: str | None = None) -> dict[str, Any]:
+    """Time ``fn(texts)`` once: CPU seconds of this process, wall seconds, and other processes' CPU share."""
+    megabytes = sum(len(t.encode("utf-8")) for t in texts) / 1e6
+    cpu0, busy0, wall0 = time.process_time(), system_busy_seconds(), time.perf_counter()
+    result = fn(texts)
+    cpu1, busy1, wall1 = time.process_time(), system_busy_seconds(), time.perf_counter()
+    cpu_s, wall_s = cpu1 - cpu0, wall1 - wall0
+    capacity = max(wall_s, 1e-9) * (os.cpu_count() or 1)
+    other = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0 - cpu_s) / capacity)
+    return {
+        "row": name,
+        "baseline": baseline,
+        "files": len(texts),
+        "megabytes": megabytes,
+        "cpu_s": cpu_s,
+        "wall_s": wall_s,
+        "mb_per_s_per_core": megabytes / max(cpu_s, 1e-9),
+        "other_cpu_util": other,
+        "result": result,
+    }
+
+
+def datasketch_signatures(scheme: str) -> Callable[[list[str]], np.ndarray]:
+    from datasketch import MinHash
+
+    from snowjax.data.shingles import ngram_words
+
+    def run(texts: list[str]) -> np.ndarray:
+        out = []
+        for text in texts:
+            m = MinHash(num_perm=256, seed=42, scheme=scheme)
+            m.update_batch(ngram_words(text, 5))
+            out.append(m.hashvalues)
+        return np.array(out, dtype=np.uint32)
+
+    return run
+
+
+def snowjax_signatures(scheme: str, shingle_hash: str = "fast") -> Callable[[list[str]], np.ndarray]:
+    from snowjax.data.dedup import MinHashConfig, MinHasher
+
+    hasher = MinHasher(MinHashConfig(num_perm=256, ngram=5, seed=42, scheme=scheme, shingle_hash=shingle_hash))
+    hasher.signature("warm up the compiled kernels once before timing")
+    return lambda texts: hasher.signatures(texts)
+
+
+def minhash_rows(texts: list[str]) -> list[dict[str, Any]]:
+    """datasketch and snowjax signature rows on ``texts``, with ratios and a bitwise check of the sha1 row."""
+    rows = [
+        measure("datasketch legacy", datasketch_signatures("legacy"), texts),
+        measure("datasketch affine32", datasketch_signatures("affine32"), texts),
+        measure("snowjax legacy (fast hash)", snowjax_signatures("legacy"), texts, "datasketch legacy"),
+        measure("snowjax affine32 (fast hash)", snowjax_signatures("affine32"), texts, "datasketch affine32"),
+        measure("snowjax legacy (sha1 hash)", snowjax_signatures("legacy", "sha1"), texts, "datasketch legacy"),
+    ]
+    by_name = {r["row"]: r for r in rows}
+    for row in rows:
+        base = by_name.get(row["baseline"] or "")
+        row["ratio"] = row["mb_per_s_per_core"] / base["mb_per_s_per_core"] if base else None
+        if base is not None and "sha1" in row["row"]:
+            row["identical_to_baseline"] = bool(np.array_equal(row["result"], base["result"]))
+    for row in rows:
+        row.pop("result")
+    return rows
+
+
+def pipeline_row(texts: list[str]) -> dict[str, Any] | None:
+    """The whole ``snowjax data prepare`` pipeline on the same corpus: added with the pipeline (issue 3)."""
+    return None
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        "# Curation throughput on CPU: MB of source per second per core",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM; {m['platform']}; measured {m['date']}.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
+        "",
+        f"Corpus: {report['files']} standard-library .py files, {report['megabytes']:.1f} MB (sorted paths, first "
+        f"{report['megabytes']:.1f} MB). MinHash: 256 permutations, word 5-grams, seed 42, one process.",
+        "",
+        "| row | MB/s per core | vs baseline | CPU s | wall s | other CPU | note |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in report["rows"]:
+        ratio = f"{r['ratio']:.1f}x {r['baseline']}" if r.get("ratio") else "baseline"
+        other = "?" if r["other_cpu_util"] is None else f"{100 * r['other_cpu_util']:.0f}%"
+        note = ""
+        if "identical_to_baseline" in r:
+            note = "signatures identical to datasketch" if r["identical_to_baseline"] else "SIGNATURES DIFFER"
+        lines.append(
+            f"| {r['row']} | {r['mb_per_s_per_core']:.1f} | {ratio} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} "
+            f"| {other} | {note} |"
+        )
+    fast = next(r for r in report["rows"] if r["row"] == "snowjax legacy (fast hash)")
+    verdict = "met" if fast["ratio"] >= GOAL else "NOT met"
+    lines += [
+        "",
+        f"Goal (the issue): MinHash signatures >= {GOAL:.0f}x datasketch per core. snowjax's default (legacy scheme, "
+        f"fast hash) measured {fast['ratio']:.1f}x: **{verdict}**.",
+        "",
+        "'other CPU' is the share of the whole machine's CPU time that other processes used while the row ran "
+        "(hypervisor steal included); CPU-time rates are less affected than wall-clock ones, but a busy machine "
+        "still biases them low through shared caches.",
+        "",
+        f"Command: `{report['command']}`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mb", type=float, default=19.0, help="megabytes of stdlib Python to process")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args(argv)
+
+    texts = stdlib_corpus(args.mb)
+    rows = minhash_rows(texts)
+    pipeline = pipeline_row(texts)
+    if pipeline is not None:
+        rows.append(pipeline)
+    report = {
+        "machine": machine_info(),
+        "versions": {p: package_version(p) for p in ("numpy", "numba", "datasketch")}
+        | {"python": sys.version.split()[0]},
+        "files": len(texts),
+        "megabytes": sum(len(t.encode("utf-8")) for t in texts) / 1e6,
+        "rows": rows,
+        "command": " ".join(["python benchmarks/curation.py", *(sys.argv[1:] if argv is None else argv)]),
+    }
+    text = markdown(report)
+    print(text)
+    if not args.no_save:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "curation_cpu.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / "curation_cpu.md").write_text(text)
+        print(f"saved {args.out / 'curation_cpu.md'} and .json")
+
+
+if __name__ == "__main__":
+    main()
