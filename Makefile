@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PIP     = $(VENV)/bin/pip install -q -c constraints.txt
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean shellcheck
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +19,17 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 demo: $(VENV)/.installed          ## build a stdlib dataset, train the tiny model (a few minutes on CPU)
 	$(VENV)/bin/snowjax demo
 
-test: $(VENV)/.installed-dev      ## the whole test suite (what CI runs)
+test: $(VENV)/.installed-dev shellcheck  ## the whole test suite (what CI runs)
 	$(VENV)/bin/ruff check snowjax tests benchmarks
 	$(VENV)/bin/pytest -q --durations=15
+
+# tests/launch runs shellcheck on launch/ (and fails without it when CI is set): install
+# Debian's package when it is missing and apt-get can (root, as on CI's machine).
+shellcheck:
+	@command -v shellcheck >/dev/null || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null) || echo "warning: apt-get could not install shellcheck"; \
+	  else echo "warning: shellcheck is missing (apt-get install shellcheck)"; fi; }
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check snowjax tests benchmarks

@@ -9,7 +9,6 @@ Model code names tensor dimensions logically ("embed", "heads", "batch", ...);
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -130,31 +129,15 @@ def to_global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, ja
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
 
 
-def initialize_distributed() -> None:
-    """Join a multi-process run when the environment describes one; else do nothing.
+def initialize_distributed(**flags: Any) -> Any:
+    """Join the multi-process run the environment (or ``flags``) describes; returns its ClusterSpec.
 
-    Recognised: ``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID``
-    (explicit, used by ``launch/local``), or a cluster JAX detects by itself (TPU pod,
-    Slurm, Open MPI) when ``SNOWJAX_DISTRIBUTED=auto``.
+    Kept for callers of the old name: the detection (explicit coordinator, Slurm, TPU pod,
+    single process) and the start-up live in :mod:`snowjax.distributed`.
     """
-    addr = os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if addr:
-        num = int(os.environ["JAX_NUM_PROCESSES"])
-        pid = int(os.environ["JAX_PROCESS_ID"])
-        local = os.environ.get("JAX_LOCAL_DEVICE_IDS")
-        kwargs = {"local_device_ids": [int(i) for i in local.split(",")]} if local else {}
-        jax.distributed.initialize(coordinator_address=addr, num_processes=num, process_id=pid, **kwargs)
-    elif os.environ.get("SNOWJAX_DISTRIBUTED") == "auto":
-        jax.distributed.initialize()
-    else:
-        return
-    log.info(
-        "process %d of %d, %d local / %d global devices",
-        jax.process_index(),
-        jax.process_count(),
-        jax.local_device_count(),
-        jax.device_count(),
-    )
+    from snowjax.distributed import initialize_from_environment
+
+    return initialize_from_environment(**flags)
 
 
 def check_batch_fits_mesh(global_batch: int, mesh: Mesh) -> None:

@@ -8,6 +8,8 @@ are in the same segment and the key is not in its future.
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import jax.numpy as jnp
 
@@ -85,16 +87,101 @@ def dot_product_attention_xla(
     return jnp.concatenate(blocks, axis=1)
 
 
+# Packed rows hold at most this many documents for the cuDNN kernel's packed layout; a
+# batch with a row of more falls back (inside the step, per batch) to a dense mask.
+CUDNN_MAX_SEGMENTS = 64
+
+_warned_fallback = False
+
+
+def packed_segments(segment_ids: jax.Array, max_segments: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Documents of packed rows as cuDNN's packed layout wants them.
+
+    ``segment_ids`` (B, T): runs of equal non-zero ids are documents, 0 is padding.
+    Returns ``lengths`` (B, M) int32 (-1 past a row's last document), ``offsets``
+    (B, M + 1) int32, each document's first position (-1 after the last), and the
+    largest number of documents in a row (scalar int32; more than M means the layout
+    cannot hold the batch).
+    """
+    seg = segment_ids
+    prev = jnp.pad(seg[:, :-1], ((0, 0), (1, 0)))
+    nxt = jnp.pad(seg[:, 1:], ((0, 0), (0, 1)))
+    starts = (seg != 0) & (seg != prev)
+    ends = (seg != 0) & (seg != nxt)
+
+    def first_m(flags: jax.Array) -> jax.Array:
+        return jnp.nonzero(flags, size=max_segments + 1, fill_value=-1)[0].astype(jnp.int32)
+
+    start_idx = jax.vmap(first_m)(starts)  # (B, M + 1)
+    end_idx = jax.vmap(first_m)(ends)
+    valid = start_idx[:, :max_segments] >= 0
+    lengths = jnp.where(valid, end_idx[:, :max_segments] - start_idx[:, :max_segments] + 1, -1)
+    offsets = start_idx.at[:, max_segments].set(-1)
+    return lengths, offsets, jnp.max(jnp.sum(starts, axis=1)).astype(jnp.int32)
+
+
+def _cudnn_packed(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    """cuDNN flash attention over packed rows: each document attends causally to itself only.
+
+    Uses the packed ("ragged") layout of ``jax._src.cudnn``'s fused attention (per-row
+    document offsets and lengths, causal within each document), so no (T, T) mask exists.
+    Rows with more than :data:`CUDNN_MAX_SEGMENTS` documents take the dense-mask path of
+    ``jax.nn.dot_product_attention(implementation="cudnn")`` instead (chosen per batch).
+    """
+    from jax._src.cudnn.fused_attention_stablehlo import MaskType
+    from jax._src.cudnn.fused_attention_stablehlo import dot_product_attention as cudnn_attention
+
+    lengths, offsets, most = packed_segments(segment_ids, CUDNN_MAX_SEGMENTS)
+    scale = q.shape[-1] ** -0.5
+
+    def packed(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        return cudnn_attention(
+            q, k, v, q_seqlen=lengths, kv_seqlen=lengths, q_offsets=offsets, kv_offsets=offsets,
+            scale=scale, mask_type=MaskType.CAUSAL,
+        )  # fmt: skip
+
+    def dense(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=same[:, None], scale=scale, is_causal=True, implementation="cudnn"
+        )
+
+    out = jax.lax.cond(most <= CUDNN_MAX_SEGMENTS, packed, dense, q, k, v)
+    # Padding positions belong to no document: the kernel leaves them undefined; zero them
+    # (their loss is masked, and a NaN there would still poison the sum).
+    return jnp.where((segment_ids != 0)[:, :, None, None], out, jnp.zeros((), out.dtype))
+
+
 def multi_head_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, implementation: str = "xla", causal_block: int = 0
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    implementation: str = "xla",
+    causal_block: int = 0,
+    segment_ids: jax.Array | None = None,
 ) -> jax.Array:
     """Dispatch to an attention implementation; all give the same result.
 
     ``xla``: the einsum path above (any backend, any mask).
-    ``dot_product`` / ``cudnn``: ``jax.nn.dot_product_attention`` with the XLA or the
-    fused cuDNN kernel (NVIDIA GPUs, bf16/fp16 inputs).
+    ``dot_product``: ``jax.nn.dot_product_attention``'s XLA path with the mask.
+    ``cudnn``: the fused cuDNN flash kernel (NVIDIA GPUs, bf16/fp16). With ``segment_ids``
+    (B, T) of packed rows and a causal ``mask`` it runs the segment-aware packed layout
+    (:func:`_cudnn_packed`); otherwise it passes the dense mask. On other backends it logs
+    a warning once and runs the ``xla`` path.
     """
+    global _warned_fallback
+    if implementation == "cudnn" and jax.default_backend() != "gpu":
+        if not _warned_fallback:
+            logging.getLogger(__name__).warning(
+                "model.attention=cudnn needs an NVIDIA GPU; the %s backend runs the xla attention instead",
+                jax.default_backend(),
+            )
+            _warned_fallback = True
+        implementation = "xla"
     if implementation == "xla":
         return dot_product_attention_xla(q, k, v, mask, causal_block)
+    if implementation == "cudnn" and segment_ids is not None:
+        return _cudnn_packed(q, k, v, segment_ids)
     impl = None if implementation == "dot_product" else "cudnn"
     return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=impl)

@@ -136,7 +136,9 @@ class Attention(nnx.Module):
         q, k, v = self.qkv(x, positions)
         mask = attention_mask(segment_ids, segment_ids)
         # The mask is causal within this row, so the xla path may skip fully masked key blocks.
-        attn = multi_head_attention(q, k, v, mask, self.cfg.attention, causal_block=self.cfg.attention_block)
+        attn = multi_head_attention(
+            q, k, v, mask, self.cfg.attention, causal_block=self.cfg.attention_block, segment_ids=segment_ids
+        )
         return self.project_out(attn)
 
 

@@ -39,8 +39,10 @@ from jax.experimental import multihost_utils
 from snowjax.config import CheckpointConfig, Config, ConfigError, dump_yaml, validate
 from snowjax.curriculum import PhasePlan, phase_configs, plan_curriculum, plan_table, write_phase_report
 from snowjax.data.mixture import batch_accounting
-from snowjax.parallel import initialize_distributed, make_mesh, to_global_batch
+from snowjax.distributed import ClusterSpec, detect_environment, initialize
+from snowjax.parallel import make_mesh, to_global_batch
 from snowjax.train.checkpoint import Checkpointer
+from snowjax.train.memory import estimate_train_memory
 from snowjax.train.metrics import MetricsLogger, Throughput, flops_per_token, resolve_peak_flops
 from snowjax.train.optimizer import make_optimizer
 from snowjax.train.schedules import make_schedule
@@ -203,13 +205,16 @@ class _Seen:
         }
 
 
-def train(cfg: Config, only_phase: str | None = None) -> TrainResult:
+def train(cfg: Config, only_phase: str | None = None, cluster: ClusterSpec | None = None) -> TrainResult:
     """Train (or resume) the run described by ``cfg``; returns where things are.
 
     ``only_phase``: run just that phase, from the named checkpoint of the phase before it
     (or from scratch for a first phase), replacing what an earlier attempt wrote after it.
+    ``cluster``: how this process joins a multi-process run (default: detected from the
+    environment, ``snowjax.distributed``). Every process logs who it is; only process 0
+    writes the run files, metrics and reports; all write their checkpoint shards.
     """
-    initialize_distributed()
+    initialize(cluster if cluster is not None else detect_environment())
     validate(cfg, num_devices=jax.device_count())
     _check_vocab(cfg)
     plans = plan_curriculum(cfg, jax.process_count())
@@ -412,6 +417,22 @@ def _phase_start_state(run: _Run, plan: PhasePlan, previous: TrainState | None) 
     return previous
 
 
+def _log_memory_estimate(cfg: Config, plan: PhasePlan, mesh: jax.sharding.Mesh) -> None:
+    """Per-device memory of this phase's step (snowjax.train.memory), logged before the step compiles."""
+    est = estimate_train_memory(
+        cfg.model, dict(mesh.shape), plan.global_batch_size, plan.seq_len, cfg.train.grad_accum_steps
+    )
+    log.info(
+        "phase %s: estimated memory per device (remat %s, %d rows x %d tokens per device):",
+        plan.name,
+        est.remat,
+        est.rows_per_device,
+        est.seq_len,
+    )
+    for line in est.table().splitlines():
+        log.info("  %s", line)
+
+
 def _meta(plan: PhasePlan, done: bool, seen: dict[str, Any]) -> dict[str, Any]:
     return {"phase": plan.index, "phase_name": plan.name, "done": done, "seen": seen}
 
@@ -430,6 +451,7 @@ def _run_phase(
     )
     step = int(jax.device_get(state.step))
     log.info("phase %s: steps %d-%d, %s parameters", plan.name, step, plan.end_step, f"{param_count(state):,}")
+    _log_memory_estimate(cfg, plan, run.mesh)
     throughput = Throughput(flops_per_token(cfg.model, plan.seq_len), resolve_peak_flops(t.peak_flops_per_device))
     pending: list[tuple[int, dict[str, jax.Array], int]] = []  # (step, device metrics, batch crc)
     last_loss: float | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -227,37 +228,29 @@ def test_rerunning_one_phase_starts_from_its_checkpoint_and_moves_later_ones_asi
     )
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
-def _cluster(config: Path, port: int) -> list[subprocess.Popen]:
-    """Two processes x 4 CPU devices joined by jax.distributed over loopback (launch/local/multiprocess.sh)."""
-    procs = []
-    for i in range(2):
-        env = {
-            **os.environ,
-            "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-            "JAX_PLATFORMS": "cpu",
-            "PYTHONUNBUFFERED": "1",
-            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-            "JAX_NUM_PROCESSES": "2",
-            "JAX_PROCESS_ID": str(i),
-        }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "snowjax.cli", "train", str(config)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    return procs
+def _cluster(config: Path, log_dir: Path) -> subprocess.Popen:
+    """Two processes x 4 CPU devices joined over loopback, started by launch/local/cluster.sh."""
+    env = {
+        **os.environ,
+        "SNOWJAX_CMD": f"{sys.executable} -m snowjax.cli",
+        "PYTHON": sys.executable,
+        "SNOWJAX_KILL_GRACE": "2",
+    }
+    env.pop("XLA_FLAGS", None)  # the launcher sets each process's device count
+    script = REPO / "launch" / "local" / "cluster.sh"
+    cmd = ["bash", str(script), "--log-dir", str(log_dir), "2", "4", str(config)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _pid_of(log: Path) -> int | None:
+    """The pid a trainer logged in its "process i of n ... pid N" line (snowjax.distributed)."""
+    if not log.exists():
+        return None
+    found = re.search(r"process \d+ of \d+ .* pid (\d+)", log.read_text())
+    return int(found.group(1)) if found else None
 
 
 def test_two_process_cluster_trains_checkpoints_resumes_and_matches_one_process(
@@ -271,20 +264,26 @@ def test_two_process_cluster_trains_checkpoints_resumes_and_matches_one_process(
     plan = json.loads((single_dir / "plan.json").read_text())
     kill_at = plan[0]["end_step"] + 4  # inside phase 2, after a periodic checkpoint
 
-    procs = _cluster(config, _free_port())
+    # A member dies (SIGKILL to process 1): the launcher stops process 0 and fails.
+    launcher = _cluster(config, tmp_path / "logs1")
     t0 = time.time()
     while max(last_per_step(run_dir), default=0) < kill_at:
-        assert all(p.poll() is None for p in procs), [p.communicate()[0][-3000:] for p in procs]
+        assert launcher.poll() is None, launcher.communicate()[0][-3000:]
         assert time.time() - t0 < 300, "timed out"
         time.sleep(0.05)
-    for p in procs:
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-    procs = _cluster(config, _free_port())
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), [o[-3000:] for o in outs]
-    assert all("resumed from checkpoint" in o for o in outs)
-    assert all("process 1 of 2" in o for o in outs[1:])
+    pid1 = _pid_of(tmp_path / "logs1" / "process_1.log")
+    assert pid1 is not None
+    os.kill(pid1, signal.SIGKILL)
+    out, _ = launcher.communicate(timeout=60)
+    assert launcher.returncode != 0 and "process 1 (pid" in out, out[-3000:]
+
+    # Started again, both processes resume from the last complete checkpoint and finish.
+    launcher = _cluster(config, tmp_path / "logs2")
+    out, _ = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, out[-3000:]
+    logs = [(tmp_path / "logs2" / f"process_{i}.log").read_text() for i in range(2)]
+    assert all("resumed from checkpoint" in log for log in logs)
+    assert "process 1 of 2 (explicit" in logs[1] and "process 0 of 2 (explicit" in logs[0]
 
     ref, got = last_per_step(single_dir), last_per_step(run_dir)
     assert sorted(got) == sorted(ref)
