@@ -9,7 +9,7 @@ PIP     = $(VENV)/bin/pip install -q -c constraints.txt
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
-	$(PIP) -e .
+	$(PIP) -e ".[quality]"
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
