@@ -145,6 +145,7 @@ def run_annotate(cfg: AnnotateConfig) -> dict[str, Any]:
             shards,
             cols["shard"],
             cols["row"],
+            cols["score"],
             chosen,
             budgets,
             tokenizer_path,

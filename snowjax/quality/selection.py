@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from snowjax.data.tokenizer import encode_documents, load_tokenizer
 from snowjax.quality.records import clean_content, iter_record_batches
@@ -116,10 +118,48 @@ def select_top_tokens_per_language(
     return selected, budgets
 
 
+SELECTED_FILES = "files.parquet"  # the selected file records with their scores (phase-3 seeds)
+_SELECTED_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("language", pa.string()),
+        ("repo", pa.string()),
+        ("path", pa.string()),
+        ("num_tokens", pa.int64()),
+        ("score", pa.float64()),
+        ("content", pa.string()),
+    ]
+)
+
+
+class _SelectedFilesWriter:
+    """Streams the selected records (with ``score``) to one Parquet file, a row group per batch."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp = path.with_suffix(".parquet.tmp")
+        self.writer = pq.ParquetWriter(self.tmp, _SELECTED_SCHEMA)
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.writer.write_table(pa.Table.from_pylist(rows, schema=_SELECTED_SCHEMA))
+
+    def close(self) -> None:
+        self.writer.close()
+        self.tmp.replace(self.path)
+
+
 def _selected_examples(
-    input_files: Sequence[Path], rows_by_shard: dict[int, set[int]], tokenizer_path: Path, stats: dict[str, int]
+    input_files: Sequence[Path],
+    rows_by_shard: dict[int, dict[int, float]],
+    tokenizer_path: Path,
+    stats: dict[str, int],
+    files_out: _SelectedFilesWriter,
 ) -> Iterator[dict[str, Any]]:
-    """The selected records, tokenized, in input order: ``{"tokens", "language", "source": id}``."""
+    """The selected records, tokenized, in input order: ``{"tokens", "language", "source": id}``.
+
+    ``rows_by_shard``: shard -> {row: score}. Each selected record also goes to ``files_out``.
+    """
     tok = load_tokenizer(tokenizer_path)
     pending: list[dict[str, Any]] = []
 
@@ -129,6 +169,7 @@ def _selected_examples(
             if p["num_tokens"] >= 0 and len(tokens) - 1 != p["num_tokens"]:
                 stats["token_count_mismatch"] = stats.get("token_count_mismatch", 0) + 1
             yield {"tokens": tokens, "language": p["language"], "source": p["id"]}
+        files_out.write(pending)
         pending.clear()
 
     for shard, path in enumerate(input_files):
@@ -136,7 +177,7 @@ def _selected_examples(
         if not wanted:
             continue
         row = 0
-        for batch in iter_record_batches(path, columns=["id", "content", "language", "num_tokens"]):
+        for batch in iter_record_batches(path, columns=["id", "content", "language", "num_tokens", "repo", "path"]):
             for rec in batch:
                 if row in wanted:
                     text, _ = clean_content(rec.get("content"))
@@ -147,7 +188,10 @@ def _selected_examples(
                                 "content": text,
                                 "language": str(rec.get("language") or "unknown"),
                                 "id": str(rec.get("id")),
+                                "repo": str(rec.get("repo") or ""),
+                                "path": str(rec.get("path") or ""),
                                 "num_tokens": int(n) if n is not None else -1,
+                                "score": float(wanted[row]),
                             }
                         )
                 row += 1
@@ -162,6 +206,7 @@ def write_selection(
     input_files: Sequence[Path],
     shard: np.ndarray,
     row: np.ndarray,
+    scores: np.ndarray,
     selected: np.ndarray,
     budgets: dict[str, LanguageBudget],
     tokenizer_path: str | Path,
@@ -172,14 +217,17 @@ def write_selection(
 ) -> Path:
     """Write the selected files (``shard``/``row``: their place in ``input_files``) as a token dataset.
 
+    Beside it, ``files.parquet`` holds the selected file records with their ``score`` (id,
+    language, repo, path, num_tokens, score, content): the seeds of phase-3 synthesis.
+
     The dataset's ``snowjax_dataset.json`` metadata gets ``budget_per_language`` (budget,
     selected tokens and files, shortfall per language) beside ``metadata``.
     """
     from snowjax.data.shards import write_token_dataset
 
-    rows_by_shard: dict[int, set[int]] = {}
-    for s, r in zip(shard[selected].tolist(), row[selected].tolist(), strict=True):
-        rows_by_shard.setdefault(int(s), set()).add(int(r))
+    rows_by_shard: dict[int, dict[int, float]] = {}
+    for s, r, v in zip(shard[selected].tolist(), row[selected].tolist(), scores[selected].tolist(), strict=True):
+        rows_by_shard.setdefault(int(s), {})[int(r)] = v
     stats: dict[str, int] = {}
     meta = {
         **metadata,
@@ -187,7 +235,9 @@ def write_selection(
         "tokens_counted": "dataset tokenizer, EOS excluded",
         "write_stats": stats,  # filled while writing (the dict is serialised after the examples)
     }
-    examples = _selected_examples(input_files, rows_by_shard, Path(tokenizer_path), stats)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    files_out = _SelectedFilesWriter(Path(out_dir) / SELECTED_FILES)
+    examples = _selected_examples(input_files, rows_by_shard, Path(tokenizer_path), stats, files_out)
     out = write_token_dataset(
         out_dir,
         {"train": examples},
@@ -197,6 +247,7 @@ def write_selection(
         num_shards=num_shards,
         overwrite=True,
     )
+    files_out.close()
     if stats.get("token_count_mismatch"):
         log.warning(
             "%d selected files tokenized to a length other than their num_tokens (was the corpus tokenized "

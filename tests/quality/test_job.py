@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pyarrow.parquet as pq
+
 from snowjax.cli import main
 from snowjax.data.shards import open_token_source, read_dataset_summary
 from snowjax.data.tokenizer import load_tokenizer
@@ -48,6 +51,11 @@ def test_annotate_cli_trains_scores_selects_reports_and_resumes(curated_dir, tin
         assert got == report["selection"][kind]["selected_tokens"]
         for b in per_lang.values():
             assert b["selected_tokens"] >= b["budget"] or b["shortfall"] > 0
+        # the selected records with their scores, in the dataset's order (phase-3 seeds read them)
+        files = pq.read_table(out / kind / "files.parquet").to_pylist()
+        assert [f["id"] for f in files] == [bytes(source[i]["source"]).decode() for i in range(len(source))]
+        assert all(f["content"] and np.isfinite(f["score"]) for f in files)
+        assert sum(f["num_tokens"] for f in files) == report["selection"][kind]["selected_tokens"]
     tok = load_tokenizer(out / "top")
     first = open_token_source(out / "top", "train")[0]
     assert tok.decode(first["tokens"][:-1].tolist())  # decodes to the file's text
