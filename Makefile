@@ -35,10 +35,13 @@ lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check snowjax tests benchmarks
 	$(VENV)/bin/ruff format --check snowjax tests benchmarks
 
-bench: $(VENV)/.installed-dev     ## CPU benchmarks: train step and generation vs transformers+torch, loader throughput
+bench: $(VENV)/.installed-dev     ## CPU benchmarks (each beside its baseline): train step, loader, generation, curation, annotator, serve
 	$(VENV)/bin/python benchmarks/train_step.py
 	$(VENV)/bin/python benchmarks/loader.py
 	$(VENV)/bin/python benchmarks/generate.py
+	$(VENV)/bin/python benchmarks/curation.py
+	$(VENV)/bin/python benchmarks/annotator.py
+	$(VENV)/bin/python benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -139,7 +139,11 @@ def validate_curation(cfg: CurationConfig) -> None:
 def _pipeline_options(cfg: CurationConfig) -> Any:
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    return PipelineOptions(flags=[], **cfg.beam)
+    options = dict(cfg.beam)
+    # Beam's workers log every bundle at INFO; keep warnings and snowjax's own progress lines.
+    options.setdefault("default_sdk_harness_log_level", "WARNING")
+    options.setdefault("sdk_harness_log_level_overrides", {"snowjax": "INFO"})
+    return PipelineOptions(flags=[], **options)
 
 
 def _run(build: Any, cfg: CurationConfig, name: str, **kwargs: Any) -> dict[str, int]:

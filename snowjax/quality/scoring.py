@@ -139,12 +139,15 @@ def _write_part(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) ->
     os.replace(tmp, path)  # atomic: the part appears complete or not at all
 
 
+PROGRESS_SECONDS = 15.0  # between progress lines within a shard
+
+
 def score_shards(
     annotator: Annotator,
     input_files: Sequence[Path],
     out_dir: str | Path,
     *,
-    batch_rows: int = 1024,
+    batch_rows: int = 256,
     on_shard_done: Callable[[int, Path], None] | None = None,
 ) -> ScoringSummary:
     """Score every record of ``input_files`` into ``out_dir/scores/part-NNNNN.parquet`` (one per input file).
@@ -178,12 +181,16 @@ def score_shards(
             summary.resumed_shards.append(shard)
             continue
         start, rows, counts = time.perf_counter(), [], Counter()
+        last_log = start
         for batch in iter_record_batches(
             src, columns=["id", "content", "language", "num_tokens"], batch_rows=batch_rows
         ):
             batch_out, batch_counts = score_records(annotator, batch)
             rows.extend(batch_out)
             counts.update(batch_counts)
+            if time.perf_counter() - last_log >= PROGRESS_SECONDS:
+                last_log = time.perf_counter()
+                log.info("scoring shard %d/%d: %d records so far", shard + 1, len(input_files), len(rows))
         _write_part(dst, rows, {"input": src.name, "counts": dict(counts)})
         total.update(counts)
         summary.scored_shards.append(shard)
