@@ -40,13 +40,12 @@ import os
 import resource
 import sys
 import sysconfig
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _machine import machine_info, package_version, system_busy_seconds  # benchmarks/_machine.py
+from _machine import CpuClock, machine_info, package_version  # benchmarks/_machine.py
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 10.0  # the issue: signatures at least 10x datasketch per core
@@ -72,12 +71,9 @@ def stdlib_corpus(megabytes: float) -> list[str]:
 def measure(name: str, fn: Callable[[list[str]], Any], texts: list[str], baseline: str | None = None) -> dict[str, Any]:
     """Time ``fn(texts)`` once: CPU seconds of this process, wall seconds, and other processes' CPU share."""
     megabytes = sum(len(t.encode("utf-8")) for t in texts) / 1e6
-    cpu0, busy0, wall0 = time.process_time(), system_busy_seconds(), time.perf_counter()
-    result = fn(texts)
-    cpu1, busy1, wall1 = time.process_time(), system_busy_seconds(), time.perf_counter()
-    cpu_s, wall_s = cpu1 - cpu0, wall1 - wall0
-    capacity = max(wall_s, 1e-9) * (os.cpu_count() or 1)
-    other = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0 - cpu_s) / capacity)
+    with CpuClock() as clock:
+        result = fn(texts)
+    cpu_s, wall_s, other = clock.cpu_s, clock.wall_s, clock.other_cpu_util
     return {
         "row": name,
         "baseline": baseline,

@@ -44,7 +44,6 @@ import cProfile
 import dataclasses
 import io
 import json
-import os
 import pstats
 import sys
 import tempfile
@@ -54,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _machine import machine_info, package_version, system_busy_seconds  # benchmarks/_machine.py
+from _machine import CpuClock, machine_info, package_version  # benchmarks/_machine.py
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_CONFIG = REPO / "configs/train/snowcoder-1.3b-phase1.yaml"
@@ -197,14 +196,12 @@ def time_case(step: Callable[[], int], s: Settings) -> dict[str, Any]:
     for _ in range(s.warmup):
         step()
     tokens, batches = 0, 0
-    cpu0, busy0, wall0 = time.process_time(), system_busy_seconds(), time.perf_counter()
-    while batches < s.max_batches and (batches < s.min_batches or time.perf_counter() - wall0 < s.min_seconds):
-        tokens += step()
-        batches += 1
-    cpu1, busy1, wall1 = time.process_time(), system_busy_seconds(), time.perf_counter()
-    cpu_s, wall_s = cpu1 - cpu0, wall1 - wall0
-    capacity = max(wall_s, 1e-9) * (os.cpu_count() or 1)
-    other = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0 - cpu_s) / capacity)
+    with CpuClock() as clock:
+        wall0 = time.perf_counter()
+        while batches < s.max_batches and (batches < s.min_batches or time.perf_counter() - wall0 < s.min_seconds):
+            tokens += step()
+            batches += 1
+    cpu_s, wall_s, other = clock.cpu_s, clock.wall_s, clock.other_cpu_util
     return {
         "batches": batches,
         "tokens": tokens,

@@ -3,7 +3,7 @@
 snowjax train CONFIG [key.sub=value ...]     train or resume a run
 snowjax data prepare [CONFIG] [key=value]    phase-1 curation on Apache Beam: raw code -> token dataset
 snowjax data text --input DIR --out DIR      tokenize a folder of text/code into a dataset
-snowjax demo [--run-dir DIR]                 stdlib dataset + tiny model, a few minutes on CPU
+snowjax demo [--run-dir DIR]                 curate, annotate, train, synthesize: the recipe on CPU
 snowjax eval [CONFIG] --checkpoint DIR       HumanEval & co. (pass@k, sandboxed), bits per byte
 snowjax report RUN_DIR                       markdown report with plots of a run
 snowjax export hf --checkpoint DIR --out DIR checkpoint -> Hugging Face LlamaForCausalLM directory
@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import sys
-import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +95,20 @@ def _cmd_data_text(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_and_overrides(args: argparse.Namespace, default: Path) -> tuple[Path | str, list[str]]:
+    """The job's YAML (``default`` when none was given) and its overrides; ``job a=1`` is only overrides."""
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not Path(config).exists():
+        config, overrides = None, [config, *overrides]
+    return config or default, overrides
+
+
 def _cmd_data_prepare(args: argparse.Namespace) -> int:
     from snowjax.config import load_dataclass
     from snowjax.data.prepare import CurationConfig, prepare
 
-    config, overrides = args.config, list(args.overrides)
-    if config and "=" in config and not Path(config).exists():  # only overrides were given
-        config, overrides = None, [config, *overrides]
-    out = prepare(load_dataclass(CurationConfig, config or REPO_CONFIGS / "data" / "local.yaml", overrides))
+    config, overrides = _config_and_overrides(args, REPO_CONFIGS / "data" / "local.yaml")
+    out = prepare(load_dataclass(CurationConfig, config, overrides))
     print(f"dataset: {out}\nreport:  {out / 'report.md'}")
     return 0
 
@@ -113,10 +118,8 @@ def _cmd_data_annotate(args: argparse.Namespace) -> int:
     from snowjax.quality.config import AnnotateConfig
     from snowjax.quality.job import run_annotate
 
-    config, overrides = args.config, list(args.overrides)
-    if config and "=" in config and not Path(config).exists():  # only overrides were given
-        config, overrides = None, [config, *overrides]
-    report = run_annotate(load_dataclass(AnnotateConfig, config or REPO_CONFIGS / "quality" / "local.yaml", overrides))
+    config, overrides = _config_and_overrides(args, REPO_CONFIGS / "quality" / "local.yaml")
+    report = run_annotate(load_dataclass(AnnotateConfig, config, overrides))
     sel = report["selection"]
     print(f"phase-2 data: {sel['top']['path']} ({sel['top']['selected_tokens']:,} tokens)")
     if "random" in sel:
@@ -126,23 +129,16 @@ def _cmd_data_annotate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """Build a token dataset from this machine's Python standard library and run the demo curriculum."""
-    from snowjax.data.text_corpus import build_text_dataset
-    from snowjax.train.loop import train
+    """Curate this machine's Python code, annotate, train phases 1-2, synthesize with serve, train phase 3."""
+    from snowjax.demo import run_demo
 
+    result = run_demo(args.run_dir, args.overrides)
     run_dir = Path(args.run_dir)
-    data_dir = run_dir / "data"
-    if not (data_dir / "snowjax_dataset.json").exists():
-        stdlib = sysconfig.get_paths()["stdlib"]
-        log.info("building the demo dataset from the Python standard library at %s", stdlib)
-        build_text_dataset([stdlib], data_dir, pattern="*.py", vocab_size=4096, seed=0)
-    config = REPO_CONFIGS / "curriculum" / "demo.yaml"
-    cfg = load_config(config)
-    overrides = [f"run_dir={run_dir / 'train'}"]
-    for i, phase in enumerate(cfg.phases):
-        overrides += [f"phases.{i}.sources.{j}.path={data_dir}" for j in range(len(phase.sources))]
-    result = train(load_config(config, [*overrides, *args.overrides]))
-    print(f"\ndemo finished at step {result.step}, loss {result.loss:.3f}\ndataset:     {data_dir}")
+    print(
+        f"\ndemo finished at step {result.step}, loss {result.loss:.3f}\n"
+        f"phase-1 data: {run_dir / 'data'} (report.md)\nphase-2 data: {run_dir / 'quality'} (report.md)\n"
+        f"phase-3 data: {run_dir / 'synth'} (report.md)"
+    )
     _finish_run(result)
     return 0
 
@@ -249,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=_cmd_config)
 
-    p = sub.add_parser("demo", help="stdlib dataset + tiny model through the three-phase demo curriculum on CPU")
+    p = sub.add_parser("demo", help="the recipe in miniature: curate, annotate, train, synthesize (CPU)")
     p.add_argument("--run-dir", default="runs/demo")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides for the demo config")
     p.set_defaults(fn=_cmd_demo)

@@ -79,6 +79,10 @@ class ValidationConfig:
     humaneval: bool = True  # check against the bundled HumanEval problems
     benchmark_files: list[str] = field(default_factory=list)  # more benchmark JSONL files (MBPP+, ...)
     decontam_ngram: int = 10  # shared word n-gram length that counts as contamination
+    # Keep a reply cut at max_tokens (or with an unclosed fence) as its longest prefix of whole lines
+    # that passes the language check (Python: the longest that parses). For base-model teachers that
+    # never close a block (the demo's tiny model); instruct teachers keep the strict default.
+    keep_cut_replies: bool = False
 
 
 def validate_validation(cfg: ValidationConfig, key: str = "validation") -> None:
@@ -136,6 +140,19 @@ def extract_code(reply: str, language: str) -> Extracted:
             _, code, closed = max(chosen, key=lambda b: len(b[1]))
             return Extracted(code.strip("\n") + "\n" if code.strip() else "", fenced=True, closed=closed)
     raise AssertionError("unreachable: the last rule takes any block")
+
+
+def salvage_cut_code(code: str, python: bool, max_tries: int = 200) -> str:
+    """The longest prefix of whole lines of a cut-off ``code`` (its last, partial line dropped) that parses
+    when ``python``; ``""`` when none does within ``max_tries`` lines."""
+    lines = code.rstrip("\n").split("\n")[:-1]  # the last line was cut mid-way
+    for end in range(len(lines), max(0, len(lines) - max_tries), -1):
+        candidate = "\n".join(lines[:end]).rstrip()
+        if not candidate.strip():
+            break
+        if not python or parses_as_python(candidate):
+            return candidate + "\n"
+    return ""
 
 
 def parses_as_python(code: str) -> bool:
@@ -223,7 +240,10 @@ class Validator:
         if not code.strip():
             return reject("empty")
         if finish_reason == "length" or not found.closed:
-            return reject("truncated", "finish_reason length" if finish_reason == "length" else "unclosed fence")
+            cut = salvage_cut_code(code, language in cfg.python_ast) if cfg.keep_cut_replies else ""
+            if not cut.strip():
+                return reject("truncated", "finish_reason length" if finish_reason == "length" else "unclosed fence")
+            code = cut
         if len(code) < cfg.min_chars:
             return reject("too_short", f"{len(code)} chars")
         if len(code) > cfg.max_chars:

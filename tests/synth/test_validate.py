@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
@@ -147,3 +148,14 @@ def test_code_extraction_prefers_the_seed_language_block() -> None:
     whole = extract_code("def f():\n    return 1\n", "python")
     assert whole.code == "def f():\n    return 1\n" and not whole.fenced
     assert not extract_code("```python\nx = 1\n", "python").closed
+
+
+def test_cut_replies_are_salvaged_only_when_asked(validator_cfg: ValidationConfig) -> None:
+    """A reply cut mid-statement: strict by default; with keep_cut_replies, its longest parsing prefix of lines."""
+    cut = GOOD + "\n\ndef broken(x):\n    return (x +"
+    assert check(validator_cfg, cut, finish="length") == "truncated"
+    lenient = dataclasses.replace(validator_cfg, keep_cut_replies=True)
+    verdict = make(lenient).check("s1", "python", cut, "length", SEED)
+    assert verdict.reason is None and verdict.code == GOOD.rstrip("\n") + "\n"
+    # nothing parses: still truncated
+    assert check(lenient, "def f(:\n    pass\n  x = (", finish="length") == "truncated"
