@@ -201,3 +201,30 @@ def test_serve_refuses_a_missing_checkpoint(tmp_path: Path) -> None:
 
     assert main(["serve", "--checkpoint", str(tmp_path / "nope"), "--port", "0"]) == 2
     assert main(["serve", "--checkpoint", str(tmp_path), "--max-batch", "0"]) == 2
+
+
+@pytest.mark.parametrize(("max_wait_s", "one_batch"), [(2.0, True), (0.1, False)])
+def test_requests_arriving_in_a_stream_share_a_batch(served: Any, max_wait_s: float, one_batch: bool) -> None:
+    """Six requests 40 ms apart: one batch while each arrives within batch_wait of the last (up to the cap)."""
+    from snowjax.serve.batching import BatchingEngine
+
+    server, _ = served
+    ids = server.loaded.tokenizer.encode("def add(a, b):", add_special_tokens=False).ids
+
+    async def run() -> int:
+        engine = BatchingEngine(
+            server.engine.generator, lambda r: "", max_batch=16, batch_wait_s=0.1, max_batch_wait_s=max_wait_s
+        )
+        await engine.start()
+        try:
+            tasks = []
+            for _ in range(6):
+                tasks.append(asyncio.create_task(engine.generate([ids], 2, temperature=0.0, top_p=1.0)))
+                await asyncio.sleep(0.04)
+            await asyncio.gather(*tasks)
+        finally:
+            await engine.stop()
+        return engine.stats.batches
+
+    batches = asyncio.run(run())
+    assert (batches == 1) == one_batch, batches

@@ -59,7 +59,8 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000  # 0: any free port (ServerThread reports it)
     max_batch: int = 32  # most rows (prompts x n) per generate call
-    batch_wait_ms: float = 10.0  # how long a request may wait for others to join its batch
+    batch_wait_ms: float = 10.0  # a batch starts once no request has arrived for this long...
+    max_batch_wait_ms: float = 50.0  # ...or once its oldest request has waited this long
     pad_multiple: int = 32  # prompts and caches are padded to multiples of this (fewer compilations)
     default_max_tokens: int = 256  # for requests without max_tokens (capped by what fits)
     dtype: str = ""  # compute dtype override (float32, bfloat16); "": the checkpoint's. CPUs want float32.
@@ -73,6 +74,10 @@ def validate_serve(cfg: ServeConfig) -> None:
             raise ConfigError(f"{key}: must be >= 1, got {getattr(cfg, key)}")
     if cfg.batch_wait_ms < 0:
         raise ConfigError(f"batch_wait_ms: must be >= 0, got {cfg.batch_wait_ms}")
+    if cfg.max_batch_wait_ms < cfg.batch_wait_ms:
+        raise ConfigError(
+            f"max_batch_wait_ms: must be >= batch_wait_ms ({cfg.batch_wait_ms}), got {cfg.max_batch_wait_ms}"
+        )
     if cfg.dtype not in ("", "float32", "bfloat16", "float16"):
         raise ConfigError(f"dtype: one of float32, bfloat16, float16 (or empty), got {cfg.dtype!r}")
     if not 0 <= cfg.port < 65536:
@@ -127,7 +132,11 @@ def build_app(loaded: LoadedModel, cfg: ServeConfig) -> web.Application:
     tok = loaded.tokenizer
     generator = Generator(loaded.model_cfg, loaded.params, pad_multiple=cfg.pad_multiple)
     engine = BatchingEngine(
-        generator, lambda ids: decode(tok, ids), max_batch=cfg.max_batch, batch_wait_s=cfg.batch_wait_ms / 1000
+        generator,
+        lambda ids: decode(tok, ids),
+        max_batch=cfg.max_batch,
+        batch_wait_s=cfg.batch_wait_ms / 1000,
+        max_batch_wait_s=cfg.max_batch_wait_ms / 1000,
     )
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors_as_json])
     app[_ENGINE] = engine

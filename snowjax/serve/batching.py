@@ -1,8 +1,11 @@
 """Request batching for ``snowjax serve``: one worker turns waiting requests into batched ``Generator`` calls.
 
 Handlers call :meth:`BatchingEngine.generate` (token-id prompts + sampling settings) and await
-the result. A single worker coroutine takes the oldest waiting request, waits at most
-``batch_wait_s`` after its arrival (or until ``max_batch`` rows wait) for others, and runs one
+the result. A single worker coroutine takes the oldest waiting request and waits for others to join it
+while they keep coming: until ``batch_wait_s`` pass with no new arrival, ``max_batch_wait_s``
+pass since the oldest arrived, or ``max_batch`` rows wait (clients that all resend as soon as a
+batch answers arrive spread over tens of milliseconds; a fixed window would start a small batch
+and leave the rest a whole generation behind). Then it runs one
 :meth:`Generator.generate <snowjax.generate.Generator.generate>` in a worker thread, so the event
 loop keeps accepting requests (and the next batch fills) while the model runs.
 
@@ -82,7 +85,8 @@ class BatchingEngine:
       generator: the model's :class:`Generator`.
       decode_text: token ids -> text (the tokenizer's decode).
       max_batch: most rows (prompts x n) in one generate call.
-      batch_wait_s: how long the oldest waiting request may wait for others to join its batch.
+      batch_wait_s: a batch starts once no request has arrived for this long...
+      max_batch_wait_s: ...or once its oldest request has waited this long (at least batch_wait_s).
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class BatchingEngine:
         *,
         max_batch: int = 32,
         batch_wait_s: float = 0.005,
+        max_batch_wait_s: float = 0.05,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -99,6 +104,8 @@ class BatchingEngine:
         self.decode_text = decode_text
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_s
+        self.max_batch_wait_s = max(max_batch_wait_s, batch_wait_s)
+        self._last_arrival = 0.0
         self.max_seq_len = generator.cfg.max_seq_len
         self.pad_multiple = generator.pad_multiple
         self.stats = EngineStats()
@@ -166,6 +173,7 @@ class BatchingEngine:
             chunk_seed = None if seed is None else seed + i // self.max_batch
             jobs.append(_Job(chunk, max_tokens, key, chunk_seed, loop.create_future(), loop.time()))
         self._pending.extend(jobs)
+        self._last_arrival = loop.time()
         self.stats.requests += 1
         self._wake.set()
         results = await asyncio.gather(*(j.future for j in jobs))
@@ -208,11 +216,11 @@ class BatchingEngine:
                 self._wake.clear()
                 await self._wake.wait()
             head = self._pending[0]
-            deadline = head.enqueued + self.batch_wait_s
-            # Wait for company only while the batch is not full; a request that waited through a
-            # running batch is already past its deadline and goes at once.
+            # Wait for company only while the batch is not full and requests keep arriving; a
+            # request that waited through a running batch is past max_batch_wait_s and goes at once.
             while self._rows_waiting(head.key) < self.max_batch and head.key.solo == 0:
-                remaining = deadline - loop.time()
+                quiet = max(head.enqueued, self._last_arrival) + self.batch_wait_s
+                remaining = min(quiet, head.enqueued + self.max_batch_wait_s) - loop.time()
                 if remaining <= 0:
                     break
                 self._wake.clear()
