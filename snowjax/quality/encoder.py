@@ -30,10 +30,11 @@ from snowjax.quality.config import EncoderConfig
 
 log = logging.getLogger(__name__)
 
-# XLA:CPU: YNNPACK dot fusions ran the MiniLM forward ~25% faster than the default Eigen dots
-# on the 2-core AMD EPYC dev host (benchmarks/annotator.py); snowjax turns them off
-# process-wide for training (snowjax/__init__.py), so they are asked for per jit here.
-_ENCODER_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+# XLA:CPU compiler options of the encoder's jit. None: XLA's own (Eigen) dots, as snowjax sets
+# process-wide (snowjax/__init__.py). On the idle 2-core AMD EPYC dev host, MiniLM at 64 x 256 ran
+# 5.1k tokens/s with them and 3.9k with YNNPACK dot fusions (LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT),
+# 4.3k in bfloat16; an earlier measurement on a loaded machine had suggested the opposite.
+_ENCODER_CPU_OPTIONS: dict[str, str] | None = None
 
 
 def default_encoder_dir() -> Path:
