@@ -186,6 +186,9 @@ def pipeline_rows(texts: list[str], workers: int, vocab_size: int = 4096) -> lis
         children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         worker_cpu = (children1.ru_utime - children0.ru_utime) + (children1.ru_stime - children0.ru_stime)
         row["driver_cpu_s"], row["worker_cpu_s"] = row["cpu_s"], worker_cpu
+        if row["other_cpu_util"] is not None:  # the Beam workers are this run, not "other" processes
+            capacity = row["wall_s"] * (os.cpu_count() or 1)
+            row["other_cpu_util"] = max(0.0, row["other_cpu_util"] - worker_cpu / capacity)
         row["cpu_s"] = row["driver_cpu_s"] + worker_cpu
         row["mb_per_s_per_core"] = row["megabytes"] / row["cpu_s"]
         row["mb_per_s_wall_per_worker"] = row["megabytes"] / (row["wall_s"] * workers)

@@ -29,7 +29,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
@@ -38,6 +37,7 @@ from snowjax.data import dedup, documents
 from snowjax.data.decontam import Decontaminator
 from snowjax.data.filters import FilterConfig, filter_reason
 from snowjax.data.ingest import Dropped, IngestLimits, Unit, read_unit
+from snowjax.data.tokenizer import encode_ids_batch
 
 log = logging.getLogger(__name__)
 
@@ -363,9 +363,7 @@ class TokenizeFn(beam.DoFn):
         self.tok = load_tokenizer(self.tokenizer_path)
 
     def process(self, batch: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        encodings = self.tok.encode_batch([r["content"] for r in batch], add_special_tokens=False)
-        for record, enc in zip(batch, encodings, strict=True):
-            ids = np.asarray(enc.ids, dtype=np.int32)
+        for record, ids in zip(batch, encode_ids_batch(self.tok, [r["content"] for r in batch]), strict=True):
             n = _nbytes(record)
             self.counts.seen("in", n)
             self.counts.seen("out", n)

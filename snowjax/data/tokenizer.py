@@ -132,10 +132,19 @@ def encode_document(tok: Tokenizer, text: str) -> np.ndarray:
     return np.asarray([*ids, EOS_ID], dtype=np.int32)
 
 
+def encode_ids_batch(tok: Tokenizer, texts: Sequence[str]) -> list[np.ndarray]:
+    """Token ids (int32, no EOS) of many texts at once, parallel in ``tokenizers``.
+
+    Uses ``encode_batch_fast`` (no character offsets; ~1.4x faster here) where the installed
+    ``tokenizers`` has it: the same ids as ``encode_batch``.
+    """
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    return [np.asarray(e.ids, dtype=np.int32) for e in encode(list(texts), add_special_tokens=False)]
+
+
 def encode_documents(tok: Tokenizer, texts: Sequence[str]) -> list[np.ndarray]:
     """:func:`encode_document` for many texts at once (parallel in ``tokenizers``)."""
-    encodings = tok.encode_batch(list(texts), add_special_tokens=False)
-    return [np.asarray([*e.ids, EOS_ID], dtype=np.int32) for e in encodings]
+    return [np.append(ids, np.int32(EOS_ID)) for ids in encode_ids_batch(tok, texts)]
 
 
 def decode(tok: Tokenizer, ids: Sequence[int] | np.ndarray) -> str:

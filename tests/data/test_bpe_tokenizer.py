@@ -48,3 +48,10 @@ def test_vocab_too_small_and_bad_file(tmp_path):
         T.train_bpe_tokenizer(["x"], vocab_size=100)
     with pytest.raises(FileNotFoundError):
         T.load_tokenizer(tmp_path)
+
+
+def test_fast_batch_ids_equal_encode(tok):
+    texts = ["def f(x):\n    return x  # é 🐍\n", "", "<file_sep> literal\n" * 3]
+    for ids, text in zip(T.encode_ids_batch(tok, texts), texts, strict=True):
+        assert ids.dtype == np.int32
+        np.testing.assert_array_equal(ids, tok.encode(text, add_special_tokens=False).ids)
