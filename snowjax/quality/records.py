@@ -8,6 +8,7 @@ batch at a time, so files of any size stream in bounded memory.
 from __future__ import annotations
 
 import glob
+import gzip
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -39,13 +40,18 @@ def expand_paths(patterns: Sequence[str]) -> list[Path]:
 
 
 def iter_record_batches(
-    path: str | Path, columns: Sequence[str] | None = None, batch_rows: int = READ_BATCH_ROWS
+    path: str | Path,
+    columns: Sequence[str] | None = None,
+    batch_rows: int = READ_BATCH_ROWS,
+    *,
+    skip_blank_lines: bool = False,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Records of a ``.parquet`` or ``.jsonl`` file, ``batch_rows`` at a time (the last batch may be shorter).
+    """Records of a ``.parquet`` or JSON-lines file, ``batch_rows`` at a time (the last batch may be shorter).
 
     With ``columns``, Parquet reads only those that exist (missing ones are absent
     from the dicts). A JSONL line that is not a JSON object is yielded as ``{}`` (so a
-    caller counts it as missing content, and row positions stay aligned with lines).
+    caller counts it as missing content, and row positions stay aligned with lines);
+    blank lines too, unless ``skip_blank_lines``.
     """
     path = Path(path)
     if path.suffix == ".parquet":
@@ -57,11 +63,14 @@ def iter_record_batches(
         for batch in pf.iter_batches(batch_size=batch_rows, columns=cols):
             yield batch.to_pylist()
         return
-    if path.suffix != ".jsonl":
-        raise ValueError(f"{path}: records must be .parquet or .jsonl")
+    gz = path.suffix == ".gz"
+    if (path.with_suffix("") if gz else path).suffix not in (".jsonl", ".json"):
+        raise ValueError(f"{path}: records must be .parquet or JSON lines (.jsonl, .json, optionally .gz)")
     rows: list[dict[str, Any]] = []
-    with path.open("rb") as f:
+    with gzip.open(path, "rb") if gz else path.open("rb") as f:
         for line in f:
+            if skip_blank_lines and not line.strip():
+                continue
             try:
                 rec = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError):

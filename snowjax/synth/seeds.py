@@ -14,9 +14,7 @@ in file order. Records missing a field, or of a language not asked for, are skip
 from __future__ import annotations
 
 import glob as globlib
-import gzip
 import heapq
-import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from snowjax.config import ConfigError
+from snowjax.quality.records import iter_record_batches
 
 log = logging.getLogger(__name__)
 
@@ -71,28 +70,11 @@ def _is_parquet(path: Path) -> bool:
 
 
 def _rows(files: list[Path], columns: list[str]) -> Iterator[dict[str, Any]]:
-    """Rows as dicts with (at most) ``columns``, streamed file by file."""
+    """Rows as dicts with (at most) ``columns``, streamed file by file; a non-JSON line is ``{}``."""
     for f in files:
-        if _is_parquet(f):
-            import pyarrow.parquet as pq
-
-            pf = pq.ParquetFile(f)
-            have = [c for c in columns if c in pf.schema_arrow.names]
-            for batch in pf.iter_batches(batch_size=1024, columns=have):
-                yield from batch.to_pylist()
-            continue
-        opener = gzip.open if f.suffix == ".gz" else open
-        with opener(f, "rt", encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    log.warning("%s:%d: not JSON; skipped", f, n)
-                    yield {}
-                    continue
-                yield {c: row.get(c) for c in columns} if isinstance(row, dict) else {}
+        for batch in iter_record_batches(f, columns, skip_blank_lines=True):
+            for row in batch:
+                yield {c: row[c] for c in columns if c in row}
 
 
 def _has_score(files: list[Path]) -> bool:
