@@ -9,7 +9,7 @@ padded row computes exactly what it would alone.
 Two jit-compiled functions do the work:
 
 - ``prefill``: runs the prompts (B, P) through every layer, writes their rotated keys
-  and values into a cache (L, B, S, K, D) with ``S = P + max_new_tokens`` (bucketed),
+  and values into a cache (B, K, S, D) per layer with ``S = P + max_new_tokens`` (bucketed),
   and returns the first sampled token;
 - ``decode``: up to ``chunk`` steps in one ``lax.while_loop`` (one dispatch): each feeds
   every row's last token, writes its keys/values into slot ``t`` of the (donated, updated
@@ -27,8 +27,10 @@ The layers here compute what :class:`~snowjax.model.decoder.Block` computes, wri
 inference: q/k/v and gate/up are separate projections (the training modules concatenate
 those weights into one array on every call, a copy of most of the model per decode step
 that costs more than the step's matmuls on CPU), each layer writes its keys/values into
-the one cache array in place, and a single new token attends over the cache in its
-stored layout (a multiply-and-reduce, no transposed copy of the cache per layer).
+its cache arrays in place, and a single new token attends over the cache in its stored
+(B, K, S, D) layout with two batched matmuls over (B, K). Each layer has its own cache
+arrays (unless layers are scanned: then (L, B, K, S, D) stacks): XLA:CPU copies a slice of
+a stacked array before a matmul reads it, which made the decode attention ~8x slower.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ from snowjax.model.attention import apply_rope, multi_head_attention, rope_frequ
 from snowjax.model.decoder import MLP, Attention, Block, Decoder, dense
 from snowjax.parallel import constrain
 
-CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+LAYER_CACHE_AXES = ("batch", "kv_heads", "cache_length", "head_dim")
+CACHE_AXES = ("layers", *LAYER_CACHE_AXES)
 
 # XLA:CPU options of the decode loop only. A decode step multiplies a few rows (the batch) by
 # every weight; YNNPACK's dots ran those thin matmuls ~25% faster than XLA's default Eigen dots
@@ -153,46 +156,73 @@ def _rotate(x: jax.Array, rotation: jax.Array) -> jax.Array:
 
 
 def _decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """One new token's attention: rotated q (B,1,H,D) over the cache k/v (B,S,K,D) with mask (B,1,S).
+    """One new token's attention: rotated q (B,1,H,D) over one layer's cache k/v (B,K,S,D), mask (B,1,S).
 
-    Written as multiply-and-reduce over the cache as it is stored: the einsum form would
-    first transpose each layer's cache to (B,H,S,D), a copy as large as the data it reads
-    (about 3x slower on CPU). Scores and softmax in float32, as in ``dot_product_attention_xla``.
+    Two batched matmuls over (B, K) with the query heads of a group as rows, on the cache as
+    it is stored (no transposed copy). Scores and softmax in float32, as in training's
+    ``dot_product_attention_xla``.
     """
     b, _, h, d = q.shape
-    kv = k.shape[2]
-    qg = q.reshape(b, 1, kv, h // kv, d).astype(jnp.float32)  # query heads grouped per kv head
-    scores = jnp.sum(qg * k[:, :, :, None].astype(jnp.float32), axis=-1) * (d**-0.5)  # (B, S, K, G)
-    scores = jnp.where(mask[:, 0, :, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=1)
-    out = jnp.sum(probs[..., None] * v[:, :, :, None].astype(jnp.float32), axis=1)  # (B, K, G, D)
+    kv = k.shape[1]
+    qg = q.reshape(b, kv, h // kv, d)  # query heads grouped per kv head: head = kv_head * G + g
+    scores = jnp.einsum("bkgd,bksd->bkgs", qg, k, preferred_element_type=jnp.float32) * (d**-0.5)
+    scores = jnp.where(mask[:, :, None, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgs,bksd->bkgd", probs, v)  # (B, K, G, D)
     return out.reshape(b, 1, h, d).astype(q.dtype)
+
+
+Cache = tuple[Any, Any]
+"""Keys and values: per layer, a tuple of L arrays (B, K, S, D) each (unrolled layers), or
+stacked (L, B, K, S, D) arrays (scanned layers)."""
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int) -> Cache:
+    """An empty cache of ``length`` slots for ``batch`` rows, in the layout ``cfg.scan_layers`` asks for."""
+    shape = (batch, cfg.num_kv_heads, length, cfg.resolved_head_dim)
+    if cfg.scan_layers:
+        stacked = jnp.zeros((cfg.num_layers, *shape), cfg.dtype)
+        return constrain(stacked, CACHE_AXES), constrain(jnp.zeros_like(stacked), CACHE_AXES)
+    ks = tuple(constrain(jnp.zeros(shape, cfg.dtype), LAYER_CACHE_AXES) for _ in range(cfg.num_layers))
+    vs = tuple(constrain(jnp.zeros(shape, cfg.dtype), LAYER_CACHE_AXES) for _ in range(cfg.num_layers))
+    return ks, vs
 
 
 def _layer_step(
     block: Block,
     x: jax.Array,
     cache: tuple[jax.Array, jax.Array],
-    layer: int | jax.Array,
+    layer: jax.Array | None,
     positions: jax.Array,
     mask: jax.Array,
     index: jax.Array,
     attention: str,
     rotation: jax.Array | None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    """Layer ``layer`` over new tokens x (B, T, E): write their k/v into the cache (L, B, S, K, D) at slot
-    ``index`` (in place), attend over that layer's cache, and return x and the updated cache."""
+    """One layer over new tokens x (B, T, E): write their k/v into the cache at slot ``index`` (in
+    place), attend over the layer's cache, and return x and the updated cache.
+
+    ``cache`` is this layer's (B, K, S, D) keys and values (``layer`` None), or the stacked
+    (L, B, K, S, D) arrays and ``layer`` the index into them (scanned layers).
+    """
     q, k, v = _qkv(block.attn, block.attn_norm(x), positions, rotation)
-    start = (layer, 0, index, 0, 0)
-    cache_k = jax.lax.dynamic_update_slice(cache[0], k[None].astype(cache[0].dtype), start)
-    cache_v = jax.lax.dynamic_update_slice(cache[1], v[None].astype(cache[1].dtype), start)
-    cache_k, cache_v = constrain(cache_k, CACHE_AXES), constrain(cache_v, CACHE_AXES)
-    layer_k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)
-    layer_v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
+    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # (B, K, T, D): the cache's layout
+    if layer is None:
+        start, axes = (0, 0, index, 0), LAYER_CACHE_AXES
+    else:
+        start, axes, k, v = (layer, 0, 0, index, 0), CACHE_AXES, k[None], v[None]
+    cache_k = constrain(jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), start), axes)
+    cache_v = constrain(jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), start), axes)
+    if layer is None:
+        layer_k, layer_v = cache_k, cache_v
+    else:
+        layer_k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)
+        layer_v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
     if q.shape[1] == 1:
         attn = _decode_attention(q, layer_k, layer_v, mask)
-    else:
-        attn = multi_head_attention(q, layer_k, layer_v, mask, "xla" if attention == "cudnn" else attention)
+    else:  # the prompt: training's attention, on (B, S, K, D) views of the cache
+        k_bskd, v_bskd = jnp.swapaxes(layer_k, 1, 2), jnp.swapaxes(layer_v, 1, 2)
+        attn = multi_head_attention(q, k_bskd, v_bskd, mask, "xla" if attention == "cudnn" else attention)
     x = x + block.attn.project_out(attn)
     return x + _mlp(block.mlp, block.mlp_norm(x)), (cache_k, cache_v)
 
@@ -200,14 +230,14 @@ def _layer_step(
 def _forward_with_cache(
     model: Decoder,
     tokens: jax.Array,
-    cache: tuple[jax.Array, jax.Array],
+    cache: Cache,
     pads: jax.Array,
     index: jax.Array,
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+) -> tuple[jax.Array, Cache]:
     """Logits of the last new token (B, V) after running ``tokens`` (B, T) from cache slot ``index``."""
     cfg = model.cfg
     b, t = tokens.shape
-    s = cache[0].shape[2]
+    s = cache[0].shape[3] if cfg.scan_layers else cache[0][0].shape[2]
     slots = index + jnp.arange(t)  # cache slots of the new tokens
     positions = slots[None, :] - pads[:, None]  # position 0 = the row's first real token
     k_slot = jnp.arange(s)
@@ -220,8 +250,8 @@ def _forward_with_cache(
     step = functools.partial(
         _layer_step, positions=positions, mask=mask, index=index, attention=cfg.attention, rotation=rotation
     )
-    cache = (constrain(cache[0], CACHE_AXES), constrain(cache[1], CACHE_AXES))
     if cfg.scan_layers:
+        cache = (constrain(cache[0], CACHE_AXES), constrain(cache[1], CACHE_AXES))
 
         @nnx.scan(
             in_axes=(0, nnx.Carry, 0),
@@ -235,8 +265,11 @@ def _forward_with_cache(
 
         x, cache = run(model.layers, (x, cache), jnp.arange(cfg.num_layers))
     else:
+        # One array per layer: a matmul over a slice of a stacked cache would copy that slice first.
+        ks, vs = list(cache[0]), list(cache[1])
         for i, block in enumerate(model.layers):
-            x, cache = step(block, x, cache, i)
+            x, (ks[i], vs[i]) = step(block, x, (ks[i], vs[i]), None)
+        cache = (tuple(ks), tuple(vs))
     h = model.final_norm(x[:, -1:])
     return model.logits(h)[:, 0], cache
 
@@ -295,12 +328,10 @@ class Generator:
         cache_len: int,
         temperature: float,
         top_p: float,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    ) -> tuple[jax.Array, Cache]:
         model = nnx.merge(self.graphdef, params)
         cfg = self.cfg
-        shape = (cfg.num_layers, tokens.shape[0], cache_len, cfg.num_kv_heads, cfg.resolved_head_dim)
-        cache = (jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
-        cache = (constrain(cache[0], CACHE_AXES), constrain(cache[1], CACHE_AXES))
+        cache = init_cache(cfg, tokens.shape[0], cache_len)
         logits, cache = _forward_with_cache(model, tokens, cache, pads, jnp.int32(0))
         return sample_token(logits, key, temperature, top_p), cache
 
@@ -308,7 +339,7 @@ class Generator:
         self,
         params: Any,
         token: jax.Array,
-        cache: tuple[jax.Array, jax.Array],
+        cache: Cache,
         pads: jax.Array,
         index: jax.Array,
         key: jax.Array,
@@ -318,7 +349,7 @@ class Generator:
         chunk: int,
         temperature: float,
         top_p: float,
-    ) -> tuple[jax.Array, jax.Array, jax.Array, tuple[jax.Array, jax.Array], jax.Array, jax.Array]:
+    ) -> tuple[jax.Array, jax.Array, jax.Array, Cache, jax.Array, jax.Array]:
         """Up to ``num_steps`` (<= ``chunk``) decode steps in one while loop, from ``token`` (B,) at slot ``index``.
 
         Stops early once every row is ``done`` (has produced EOS). Returns the sampled tokens

@@ -51,15 +51,16 @@ def test_kv_cache_greedy_equals_full_recomputation(scan_layers: bool) -> None:
     assert alone.tokens == got[1].tokens
 
 
-def test_cached_logits_equal_full_forward_logits() -> None:
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_cached_logits_equal_full_forward_logits(scan_layers: bool) -> None:
     import jax.numpy as jnp
 
-    from snowjax.generate import _forward_with_cache
+    from snowjax.generate import _forward_with_cache, init_cache
 
-    model, _ = _model(CFG)
+    cfg = dataclasses.replace(CFG, scan_layers=scan_layers)
+    model, _ = _model(cfg)
     tokens, pads = left_pad(PROMPTS, 16)
-    shape = (CFG.num_layers, len(PROMPTS), 24, CFG.num_kv_heads, CFG.resolved_head_dim)
-    cache = (jnp.zeros(shape), jnp.zeros(shape))
+    cache = init_cache(cfg, len(PROMPTS), 24)
     logits, cache = _forward_with_cache(model, jnp.asarray(tokens), cache, jnp.asarray(pads), jnp.int32(0))
     nxt = jnp.asarray([[7], [8], [9], [10]], jnp.int32)
     logits2, _ = _forward_with_cache(model, nxt, cache, jnp.asarray(pads), jnp.int32(16))
