@@ -51,12 +51,19 @@ def test_kv_cache_greedy_equals_full_recomputation(scan_layers: bool) -> None:
     assert alone.tokens == got[1].tokens
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
-def test_cached_logits_equal_full_forward_logits(scan_layers: bool) -> None:
+@pytest.mark.parametrize(
+    "scan_layers,reduce_attention", [(True, True), (False, True), (False, False)], ids=["scan", "unrolled", "matmul"]
+)
+def test_cached_logits_equal_full_forward_logits(
+    scan_layers: bool, reduce_attention: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import jax.numpy as jnp
 
+    from snowjax import generate
     from snowjax.generate import _forward_with_cache, init_cache
 
+    # Small batches attend by multiply-reduce on CPU, larger ones by batched matmuls: test both.
+    monkeypatch.setattr(generate, "_CPU_REDUCE_ATTENTION_MAX_ROW_HEADS", 10**6 if reduce_attention else 0)
     cfg = dataclasses.replace(CFG, scan_layers=scan_layers)
     model, _ = _model(cfg)
     tokens, pads = left_pad(PROMPTS, 16)
