@@ -60,7 +60,7 @@ def test_cached_logits_equal_full_forward_logits(
     import jax.numpy as jnp
 
     from snowjax import generate
-    from snowjax.generate import _forward_with_cache, init_cache
+    from snowjax.generate import _forward_with_cache, init_cache, output_head
 
     # Small batches attend by multiply-reduce on CPU, larger ones by batched matmuls: test both.
     monkeypatch.setattr(generate, "_CPU_REDUCE_ATTENTION_MAX_ROW_HEADS", 10**6 if reduce_attention else 0)
@@ -70,7 +70,10 @@ def test_cached_logits_equal_full_forward_logits(
     cache = init_cache(cfg, len(PROMPTS), 24)
     logits, cache = _forward_with_cache(model, jnp.asarray(tokens), cache, jnp.asarray(pads), jnp.int32(0))
     nxt = jnp.asarray([[7], [8], [9], [10]], jnp.int32)
-    logits2, _ = _forward_with_cache(model, nxt, cache, jnp.asarray(pads), jnp.int32(16))
+    # decode steps on CPU take the tied embedding as a separate (E, V) output matrix
+    head = output_head(cfg, nnx.state(model, nnx.Param))
+    assert cfg.tie_embeddings and head is not None and head.shape == (cfg.hidden_size, cfg.vocab_size)
+    logits2, _ = _forward_with_cache(model, nxt, cache, jnp.asarray(pads), jnp.int32(16), head)
     for i, p in enumerate(PROMPTS):
         full = model(jnp.asarray([[*p, int(nxt[i, 0])]], jnp.int32))
         np.testing.assert_allclose(logits[i], full[0, -2], atol=1e-5)
