@@ -12,6 +12,8 @@ pooling) load the same way. Nothing here imports torch or transformers.
 
 For speed the query, key and value projections are stored fused as one (E, 3, H, D)
 weight: one matmul per layer instead of three (the weights are concatenated once, at load).
+On CPU, attention runs one sequence at a time (:func:`attention`), so its (H, T, T) scores
+stay in cache instead of a (B, H, T, T) array making several trips through memory.
 """
 
 from __future__ import annotations
@@ -111,6 +113,38 @@ class Dense(nnx.Module):
         return y.reshape(*x.shape[:-1], *w.shape[1:]) + self.bias[...]
 
 
+# Attention one sequence at a time (a loop over the batch) on CPU; on other backends one
+# batched product (tests switch this to check both give the same).
+_ATTENTION_PER_ROW_ON_CPU = True
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
+    """Softmax attention of q, k, v (B, T, H, D) with key bias (B, 1, 1, T) -> (B, T, H, D).
+
+    Scores in the inputs' dtype, as Hugging Face's BERT computes them. On CPU a loop over the
+    batch computes each sequence's (H, T, T) scores, exponentials and product while they sit
+    in cache, and divides by the softmax sum after the product with v ((H, T, D) divisions
+    instead of (H, T, T)); all of it as one (B, H, T, T) batch makes several passes over an
+    array of B x H x T^2 floats in memory. On all-MiniLM-L6-v2 at batch 64 x 256 tokens:
+    84 ms per layer's attention instead of about 170 ms (2 cores, AMD EPYC).
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    if not (_ATTENTION_PER_ROW_ON_CPU and jax.default_backend() == "cpu"):
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale + bias
+        return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
+
+    def one(args: tuple[jax.Array, ...]) -> jax.Array:
+        q1, k1, v1, bias1 = args  # (H, T, D) x 3, (1, 1, T)
+        scores = jnp.einsum("hqd,hkd->hqk", q1, k1) + bias1
+        e = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+        return jnp.einsum("hqk,hkd->hqd", e, v1) / jnp.sum(e, axis=-1, keepdims=True)
+
+    heads_first = (0, 2, 1, 3)  # (B, H, T, D): each sequence's heads as one contiguous batch
+    q, k, v = (jnp.transpose(a, heads_first) for a in (q * scale, k, v))
+    out = jax.lax.map(one, (q, k, v, bias))
+    return jnp.transpose(out, heads_first)
+
+
 class Layer(nnx.Module):
     """One post-LN transformer layer: self-attention then GELU feed-forward, each residual + LayerNorm."""
 
@@ -129,10 +163,7 @@ class Layer(nnx.Module):
         """x (B, T, E); bias (B, 1, 1, T): 0 for real keys, a large negative for padding."""
         b, t, _ = x.shape
         qkv = self.qkv(x)  # (B, T, 3, H, D)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.cfg.head_dim) + bias
-        probs = jax.nn.softmax(scores, axis=-1)
-        attn = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, -1)
+        attn = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], bias).reshape(b, t, -1)
         x = self.attn_norm(x + self.out(attn))
         h = _gelu(self.ffn_in(x), self.cfg.hidden_act)
         return self.ffn_norm(x + self.ffn_out(h))

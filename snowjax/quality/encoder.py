@@ -14,6 +14,7 @@ split over the mesh's data-parallel axes and the weights replicated.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,23 @@ def window_spans(num_tokens: int, content: int, max_windows: int = 3) -> list[tu
     return [top, (mid, mid + content), bottom]
 
 
+_WORD_END = re.compile(r"(?<=\S)\s")  # where a run of whitespace starts
+_CUT_SEARCH = 1024  # characters searched for a word end near a cut
+
+
+def _word_end_before(text: str, pos: int) -> int | None:
+    """The last start of a whitespace run in ``text[:pos]`` within ``_CUT_SEARCH`` characters of ``pos``."""
+    lo = max(1, pos - _CUT_SEARCH)
+    ends = [m.start() for m in _WORD_END.finditer(text, lo, pos)]
+    return ends[-1] if ends else None
+
+
+def _word_end_after(text: str, pos: int) -> int | None:
+    """The first start of a whitespace run at or after ``pos`` within ``_CUT_SEARCH`` characters."""
+    m = _WORD_END.search(text, max(1, pos), min(len(text), pos + _CUT_SEARCH))
+    return m.start() if m else None
+
+
 class TextEncoder:
     """A frozen BERT encoder applied to whole files: windows, buckets, sharded jit calls.
 
@@ -145,42 +163,92 @@ class TextEncoder:
 
     # ---------------------------------------------------------------- tokens -> windows
 
-    def _slices(self, text: str) -> list[str]:
-        """The text, or for huge files its head, centre and tail slices (``max_chars`` in all)."""
+    def _cut(self, text: str, span: int, exact: bool) -> list[str] | None:
+        """``max_windows`` slices of about ``span`` characters each (head; head and tail; head, centre
+        and tail), or None when the text is not longer than those slices together.
+
+        Slices start and end where a run of whitespace starts (after a non-space character):
+        tokenizers split words there (WordPiece, byte-level BPE, SentencePiece's metaspace
+        alike), so a slice's tokens are the whole text's tokens at that place. With ``exact``,
+        a text with no such place near a cut is not sliced (None); else it is cut mid-word.
+        """
+        n = self.cfg.max_windows
+        if len(text) <= n * span:
+            return None
+        head_end = _word_end_before(text, span)
+        tail_start = _word_end_after(text, len(text) - span)
+        if head_end is None or tail_start is None:
+            if exact:
+                return None
+            head_end, tail_start = head_end or span, tail_start or len(text) - span
+        if n == 1:
+            return [text[:head_end]]
+        if n == 2:
+            return [text[:head_end], text[tail_start:]]
+        lo = _word_end_after(text, (len(text) - span) // 2)
+        hi = _word_end_before(text, lo + span) if lo is not None else None
+        if lo is None or hi is None or hi <= lo:
+            if exact:
+                return None
+            lo = (len(text) - span) // 2
+            hi = lo + span
+        return [text[:head_end], text[lo:hi], text[tail_start:]]
+
+    def _pieces(self, text: str, fast: bool) -> tuple[list[str], str]:
+        """What of ``text`` to tokenize, and how it was cut: ``"whole"``, ``"slices"`` (of
+        ``window_tokens x slice_chars`` characters, tried when ``fast`` and the text is long
+        enough) or ``"huge"`` (past ``max_chars``: slices of a third of it)."""
+        if fast and self.cfg.slice_chars:
+            cut = self._cut(text, self.cfg.window_tokens * self.cfg.slice_chars, exact=True)
+            if cut is not None:
+                return cut, "slices"
         if len(text) <= self.cfg.max_chars:
-            return [text]
-        third = self.cfg.max_chars // 3
-        mid = (len(text) - third) // 2
-        return [text[:third], text[mid : mid + third], text[-third:]]
+            return [text], "whole"
+        return self._cut(text, self.cfg.max_chars // 3, exact=False) or [text], "huge"
+
+    def _encode(self, pieces: list[list[str]]) -> list[list[np.ndarray]]:
+        flat = [s for p in pieces for s in p]
+        encoded = iter(self.tokenizer.encode_batch_fast(flat, add_special_tokens=False)) if flat else iter(())
+        return [[np.asarray(next(encoded).ids, np.int32) for _ in p] for p in pieces]
 
     def windows(self, texts: Sequence[str]) -> list[list[np.ndarray]]:
         """Per text, its windows as int32 id arrays (specials included), 1 to ``max_windows`` each.
 
-        An empty text (no tokens) gets no window. Raises what ``tokenizers`` raises for
+        An empty text (no tokens) gets no window. Long texts are tokenized only in the slices
+        their windows come from (``encoder.slice_chars``). Raises what ``tokenizers`` raises for
         text it cannot encode (callers count and skip those).
         """
-        pieces = [self._slices(t) for t in texts]
-        flat = [s for p in pieces for s in p]
-        encoded = iter(self.tokenizer.encode_batch(flat, add_special_tokens=False)) if flat else iter(())
+        pieces = [self._pieces(t, fast=True) for t in texts]
+        ids = self._encode([p for p, _ in pieces])
+        # A slice with fewer tokens than its window (whitespace-heavy text): tokenize that text whole.
+        retry = [i for i, (_, how) in enumerate(pieces) if how == "slices" and min(map(len, ids[i])) < self.content]
+        if retry:
+            again = [self._pieces(texts[i], fast=False) for i in retry]
+            for i, p, got in zip(retry, again, self._encode([p for p, _ in again]), strict=True):
+                pieces[i], ids[i] = p, got
         out = []
-        for p in pieces:
-            ids = [np.asarray(next(encoded).ids, np.int32) for _ in p]
-            if len(ids) == 1:
-                spans = [(ids[0], s, e) for s, e in window_spans(len(ids[0]), self.content, self.cfg.max_windows)]
+        for (_, how), got in zip(pieces, ids, strict=True):
+            if how != "whole":
+                spans = self._sliced_spans(got)
             else:
-                spans = self._huge_spans(*ids)
+                spans = [(got[0], s, e) for s, e in window_spans(len(got[0]), self.content, self.cfg.max_windows)]
             wins = [np.concatenate([self.prefix, a[s:e], self.suffix]).astype(np.int32) for a, s, e in spans if e > s]
             out.append(wins)
         return out
 
-    def _huge_spans(self, head: np.ndarray, centre: np.ndarray, tail: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
-        """A huge file's windows: the top of its head slice, middle of its centre slice, bottom of its tail slice."""
+    def _sliced_spans(self, slices: list[np.ndarray]) -> list[tuple[np.ndarray, int, int]]:
+        """The windows of a sliced file: the top of its head, middle of its centre, bottom of its tail."""
         c = self.content
-        mid = max(0, (len(centre) - c) // 2)
+        head, tail = slices[0], slices[-1]
         top = (head, 0, min(c, len(head)))
-        middle = (centre, mid, min(len(centre), mid + c))
+        if len(slices) == 1:
+            return [top]
         bottom = (tail, max(0, len(tail) - c), len(tail))
-        return {1: [top], 2: [top, bottom], 3: [top, middle, bottom]}[self.cfg.max_windows]
+        if len(slices) == 2:
+            return [top, bottom]
+        centre = slices[1]
+        mid = max(0, (len(centre) - c) // 2)
+        return [top, (centre, mid, min(len(centre), mid + c)), bottom]
 
     # ---------------------------------------------------------------- windows -> embeddings
 

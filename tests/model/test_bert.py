@@ -56,13 +56,21 @@ def test_minilm_matches_sentence_transformers():
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
 
 
-def test_any_bert_directory_matches_transformers(tiny_bert_dir):
+@pytest.mark.parametrize("per_row", [True, False], ids=["attention-per-row", "attention-batched"])
+def test_any_bert_directory_matches_transformers(tiny_bert_dir, per_row, monkeypatch):
     """Hidden states and CLS pooling of a random tiny BERT equal transformers' BertModel (the loader is exact).
 
-    The texts have different lengths, so padded rows check that padding is masked.
+    The texts have different lengths, so padded rows check that padding is masked. Both
+    attention forms are checked (per sequence on CPU, batched elsewhere).
     """
     torch = pytest.importorskip("torch")
+    import jax
     from transformers import BertModel
+
+    from snowjax.model import bert
+
+    monkeypatch.setattr(bert, "_ATTENTION_PER_ROW_ON_CPU", per_row)
+    jax.clear_caches()  # the flag is read when tracing
 
     ids, mask = _batch(tiny_bert_dir, SNIPPETS[:3])
     ours = load_hf_bert(tiny_bert_dir)

@@ -71,6 +71,52 @@ def test_huge_file_windows_come_from_head_centre_and_tail(encoder):
     assert set(words[0]) == {"alpha"} and set(words[1]) == {"middle"} and set(words[2]) == {"omega"}
 
 
+def _stdlib_sources(n: int, min_chars: int) -> list[str]:
+    import sysconfig
+    from pathlib import Path
+
+    paths = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    texts = (p.read_text(encoding="utf-8", errors="replace") for p in paths)
+    return list(itertools.islice((t for t in texts if len(t) > min_chars), n))
+
+
+@pytest.mark.parametrize("max_windows", [1, 2, 3])
+def test_sliced_tokenizing_gives_the_files_own_windows(tiny_bert_dir, max_windows):
+    """Long real files are tokenized in slices only; top and bottom windows equal tokenizing the file whole,
+    the middle one is a run of the file's own tokens from its middle; slicing off reproduces window_spans."""
+    cfg = tiny_encoder_cfg(tiny_bert_dir, max_windows=max_windows, max_chars=10**6)
+    sliced = TextEncoder(cfg, mesh=make_mesh(MeshConfig(data=-1)))
+    whole = TextEncoder(tiny_encoder_cfg(tiny_bert_dir, max_windows=max_windows, max_chars=10**6, slice_chars=0))
+    texts = _stdlib_sources(6, min_chars=20 * cfg.window_tokens * cfg.slice_chars)
+    assert len(texts) == 6
+    c = sliced.content
+    for text, got, want in zip(texts, sliced.windows(texts), whole.windows(texts), strict=True):
+        pieces, how = sliced._pieces(text, fast=True)
+        assert how == "slices" and len(pieces) == max_windows and sum(map(len, pieces)) < len(text) / 5
+        ids = sliced.tokenizer.encode(text, add_special_tokens=False).ids
+        spans = window_spans(len(ids), c, max_windows)
+        assert [w[1:-1].tolist() for w in want] == [ids[a:b] for a, b in spans]
+        assert len(got) == max_windows
+        assert got[0].tolist() == want[0].tolist()  # top
+        assert got[-1].tolist() == want[-1].tolist()  # bottom (the top again for one window)
+        if max_windows == 3:
+            middle = got[1][1:-1].tolist()
+            starts = [i for i in range(len(ids) - c + 1) if ids[i : i + c] == middle]
+            assert starts, "the middle window is not a run of the file's tokens"
+            assert abs(starts[0] - spans[1][0]) < 0.1 * len(ids)  # near the file's middle
+
+
+def test_whitespace_heavy_slices_fall_back_to_whole_tokenizing(encoder):
+    """Slices with fewer tokens than a window (mostly whitespace) are tokenized whole instead: exact windows."""
+    span = encoder.cfg.window_tokens * encoder.cfg.slice_chars
+    text = (" " * 60 + "word\n") * (3 * span // 60)  # ~1 token per 65 characters, just over 3 slices
+    assert 3 * span < len(text) <= encoder.cfg.max_chars
+    ids = encoder.tokenizer.encode(text, add_special_tokens=False).ids
+    (wins,) = encoder.windows([text])
+    spans = window_spans(len(ids), encoder.content, encoder.cfg.max_windows)
+    assert [w[1:-1].tolist() for w in wins] == [ids[a:b] for a, b in spans]
+
+
 def test_head_learns_separable_labelling_and_round_trips(encoder, tmp_path):
     """Documented functions vs. lines of numbers through the tiny encoder: held-out AUC > 0.95; save/load exact."""
     rng = np.random.default_rng(1)
