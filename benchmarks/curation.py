@@ -181,7 +181,6 @@ def _prepare_row(texts: list[str], tok: Any, workers: int, name: str) -> dict[st
         )
         report = json.loads((root / "out" / "report.json").read_text())
         row["files_out"] = report["stages"][-1]["files_out"]
-    row.pop("result", None)
     return row
 
 
@@ -196,7 +195,6 @@ def pipeline_rows(texts: list[str], workers: int, vocab_size: int = 4096) -> lis
     It runs again on the first quarter of the files: the difference gives the marginal rate
     (MB per CPU second once started, what a paper-scale run sees) and the fixed start-up cost.
     """
-
     from snowjax.data.tokenizer import train_bpe_tokenizer
 
     rows = []
@@ -219,6 +217,7 @@ def pipeline_rows(texts: list[str], workers: int, vocab_size: int = 4096) -> lis
     # Start-up (Beam, worker imports, planning, the report) is a fixed cost that a paper-scale run
     # amortises: the marginal rate is the extra MB per extra CPU second between the two runs.
     extra_mb, extra_cpu = full["megabytes"] - part["megabytes"], full["cpu_s"] - part["cpu_s"]
+    fixed_cpu = full["cpu_s"] - extra_cpu * full["megabytes"] / max(extra_mb, 1e-9)
     rows.append(
         {
             "row": "snowjax data prepare, marginal (full - first quarter)",
@@ -229,11 +228,10 @@ def pipeline_rows(texts: list[str], workers: int, vocab_size: int = 4096) -> lis
             "wall_s": full["wall_s"] - part["wall_s"],
             "mb_per_s_per_core": extra_mb / max(extra_cpu, 1e-9),
             "other_cpu_util": full["other_cpu_util"],
-            "fixed_cpu_s": full["cpu_s"] - extra_cpu * full["megabytes"] / max(extra_mb, 1e-9),
-            "note": "",
+            "fixed_cpu_s": fixed_cpu,
+            "note": f"per-MB cost at scale; fixed cost (start-up) about {fixed_cpu:.1f} CPU s",
         }
     )
-    rows[-1]["note"] = f"per-MB cost at scale; fixed cost (start-up) about {rows[-1]['fixed_cpu_s']:.1f} CPU s"
     for r in rows:
         r.pop("result", None)
     return rows
