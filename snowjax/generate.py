@@ -31,7 +31,8 @@ its cache arrays in place, and a single new token attends over the cache in its 
 (B, K, S, D) layout with two batched matmuls over (B, K). Each layer has its own cache
 arrays (unless layers are scanned: then (L, B, K, S, D) stacks): XLA:CPU copies a slice of
 a stacked array before a matmul reads it, which made the decode attention ~8x slower.
-On CPU the tied embedding also gets an (E, V) copy as the output head (:func:`output_head`).
+On one CPU device, decoding reads the weights in a layout made for it once per ``Generator``
+(:func:`inference_weights`): fused q/k/v and gate/up projections, each an (out, in) matrix.
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ CACHE_AXES = ("layers", *LAYER_CACHE_AXES)
 
 # XLA:CPU options of the decode loop only. A decode step multiplies a few rows (the batch) by
 # every weight; YNNPACK's dots ran those thin matmuls ~25% faster than XLA's default Eigen dots
-# at batch 8 (about the same at batch 1) on an AMD EPYC (Zen 4) host. snowjax turns YNNPACK
-# fusions off process-wide for training's large matmuls (snowjax/__init__.py); see
+# at batch 8 (about the same at batch 1) on an AMD EPYC (Zen 4) host, and on the (out, in)
+# weights of inference_weights several times faster at batch 8 on an Intel Xeon. snowjax turns
+# YNNPACK fusions off process-wide for training's large matmuls (snowjax/__init__.py); see
 # benchmarks/generate.py for the measurements.
 _DECODE_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
@@ -195,6 +197,12 @@ Cache = tuple[Any, Any]
 stacked (L, B, K, S, D) arrays (scanned layers)."""
 
 
+InferenceWeights = dict[str, Any]
+"""``{"head": (V, E) or None, "layers": ({"qkv": (N, E), "o": (E, H*D), "gate_up": (2F, E), "down": (E, F)}, ...)}``
+with ``N = (H + 2K) D``: every projection as one (out, in) matrix (see :func:`inference_weights`); head
+None: the tied (V, E) embedding, already in the compute dtype, is the head."""
+
+
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> Cache:
     """An empty cache of ``length`` slots for ``batch`` rows, in the layout ``cfg.scan_layers`` asks for."""
     shape = (batch, cfg.num_kv_heads, length, cfg.resolved_head_dim)
@@ -216,14 +224,19 @@ def _layer_step(
     index: jax.Array,
     attention: str,
     rotation: jax.Array | None,
+    weights: dict[str, jax.Array] | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """One layer over new tokens x (B, T, E): write their k/v into the cache at slot ``index`` (in
     place), attend over the layer's cache, and return x and the updated cache.
 
     ``cache`` is this layer's (B, K, S, D) keys and values (``layer`` None), or the stacked
-    (L, B, K, S, D) arrays and ``layer`` the index into them (scanned layers).
+    (L, B, K, S, D) arrays and ``layer`` the index into them (scanned layers). ``weights``: the
+    layer's projections from :func:`inference_weights`, used instead of the block's own.
     """
-    q, k, v = _qkv(block.attn, block.attn_norm(x), positions, rotation)
+    if weights is None:
+        q, k, v = _qkv(block.attn, block.attn_norm(x), positions, rotation)
+    else:
+        q, k, v = _qkv_prepared(block.attn.cfg, weights["qkv"], block.attn_norm(x), positions, rotation)
     k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # (B, K, T, D): the cache's layout
     if layer is None:
         start, axes = (0, 0, index, 0), LAYER_CACHE_AXES
@@ -241,8 +254,12 @@ def _layer_step(
     else:  # the prompt: training's attention, on (B, S, K, D) views of the cache
         k_bskd, v_bskd = jnp.swapaxes(layer_k, 1, 2), jnp.swapaxes(layer_v, 1, 2)
         attn = multi_head_attention(q, k_bskd, v_bskd, mask, "xla" if attention == "cudnn" else attention)
-    x = x + block.attn.project_out(attn)
-    return x + _mlp(block.mlp, block.mlp_norm(x)), (cache_k, cache_v)
+    if weights is None:
+        x = x + block.attn.project_out(attn)
+        return x + _mlp(block.mlp, block.mlp_norm(x)), (cache_k, cache_v)
+    x = x + _linear(attn.reshape(*attn.shape[:2], -1), weights["o"])
+    gate, up = jnp.split(_linear(block.mlp_norm(x), weights["gate_up"]), 2, axis=-1)
+    return x + _linear(jax.nn.silu(gate) * up, weights["down"]), (cache_k, cache_v)
 
 
 def _forward_with_cache(
@@ -251,11 +268,11 @@ def _forward_with_cache(
     cache: Cache,
     pads: jax.Array,
     index: jax.Array,
-    head: jax.Array | None = None,
+    weights: InferenceWeights | None = None,
 ) -> tuple[jax.Array, Cache]:
     """Logits of the last new token (B, V) after running ``tokens`` (B, T) from cache slot ``index``.
 
-    ``head``: an (E, V) output matrix to use instead of the model's own (see :func:`output_head`).
+    ``weights``: the projections and output head of :func:`inference_weights`, used instead of the model's own.
     """
     cfg = model.cfg
     b, t = tokens.shape
@@ -290,27 +307,85 @@ def _forward_with_cache(
         # One array per layer: a matmul over a slice of a stacked cache would copy that slice first.
         ks, vs = list(cache[0]), list(cache[1])
         for i, block in enumerate(model.layers):
-            x, (ks[i], vs[i]) = step(block, x, (ks[i], vs[i]), None)
+            layer_weights = None if weights is None else weights["layers"][i]
+            x, (ks[i], vs[i]) = step(block, x, (ks[i], vs[i]), None, weights=layer_weights)
         cache = (tuple(ks), tuple(vs))
     h = model.final_norm(x[:, -1:])
-    if head is None:
+    if weights is None:
         return model.logits(h)[:, 0], cache
-    logits = jnp.einsum("be,ev->bv", h[:, 0], head, preferred_element_type=jnp.float32)
+    head = model.embed[...].astype(cfg.dtype) if weights["head"] is None else weights["head"]
+    logits = _linear(h[:, 0], head, preferred_element_type=jnp.float32)
     return constrain(logits, ("batch", "vocab")), cache
 
 
-def output_head(cfg: ModelConfig, params: Any) -> jax.Array | None:
-    """On CPU, a copy of the tied embedding (V, E) as an (E, V) output matrix in the compute dtype; else None.
+def inference_weights(cfg: ModelConfig, params: Any, mesh: jax.sharding.Mesh | None = None) -> InferenceWeights | None:
+    """On one CPU device, the decoder's projections re-laid out once for decoding; else None.
 
-    XLA:CPU multiplies a few rows by a (E, V) matrix faster than by the transposed (V, E)
-    embedding (measured on the 134m config at batch 8: about 47 against 52 ms per decode
-    step; the same at batch 1). The copy costs V x E more parameter memory, so only on CPU,
-    where that is cheap and the layout matters; GPU and TPU matmuls take either layout.
+    Each layer's q, k, v become one (N, E) matrix and gate, up one (2F, E), so a decode step
+    runs four matmuls per layer where the training layout needs seven (XLA:CPU pays a fixed
+    cost per thin matmul, and two threads share a wide one better); every matrix is stored
+    (out, in), as torch's ``F.linear`` reads it, so the few rows of a step stream through
+    contiguous rows of weights; the output head is the tied (V, E) embedding itself or
+    ``lm_head`` transposed. Measured on the 134m config (fp32) on a 2-core Intel Xeon: a decode
+    step took 22-23 ms at batch 1 and 52-56 ms at batch 8 with these weights, 27 and 65 ms with
+    the training layout. Only decoding uses them: the prompt's matmuls have B x P rows, which
+    XLA:CPU's default dots run faster in the training layout (prefill of 128 tokens at batch 1:
+    170 ms against 600 ms in this layout).
+
+    The copy costs one model's parameters of memory more, in the compute dtype, so only on CPU
+    and without a multi-device mesh (whose tensor axis shards heads of the training layout);
+    scanned layers (``scan_layers``) keep the training layout too.
     """
-    if not cfg.tie_embeddings or jax.default_backend() != "cpu":
+    if jax.default_backend() != "cpu" or cfg.scan_layers or (mesh is not None and mesh.size > 1):
         return None
-    # in the compute dtype once, rather than cast on every decode step
-    return jax.jit(lambda e: jnp.transpose(e).astype(cfg.dtype))(params["embed"][...])
+    h, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
+    dt = cfg.dtype
+
+    @jax.jit
+    def prepare(params: Any) -> InferenceWeights:
+        layers = []
+        for i in range(cfg.num_layers):
+            layer = params["layers"][i]
+            attn, mlp = layer["attn"], layer["mlp"]
+            e = attn["q"][...].shape[0]
+            q = attn["q"][...].reshape(e, h * d)
+            k, v = attn["k"][...].reshape(e, kv * d), attn["v"][...].reshape(e, kv * d)
+            layers.append(
+                {
+                    "qkv": jnp.concatenate([q, k, v], axis=1).T.astype(dt),
+                    "o": attn["o"][...].reshape(h * d, e).T.astype(dt),
+                    "gate_up": jnp.concatenate([mlp["gate"][...], mlp["up"][...]], axis=1).T.astype(dt),
+                    "down": mlp["down"][...].T.astype(dt),
+                }
+            )
+        if cfg.tie_embeddings:  # the embedding is (V, E) already: a copy only to change its dtype
+            embed = params["embed"][...]
+            head = None if embed.dtype == jnp.dtype(dt) else embed.astype(dt)
+        else:
+            head = params["lm_head"][...].T.astype(dt)
+        return {"head": head, "layers": tuple(layers)}
+
+    return prepare(params)
+
+
+def _linear(x: jax.Array, w: jax.Array, preferred_element_type: Any = None) -> jax.Array:
+    """x (..., in) times an (out, in) matrix w: (..., out), as ``F.linear``."""
+    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())), preferred_element_type=preferred_element_type)
+
+
+def _qkv_prepared(
+    cfg: ModelConfig, w: jax.Array, x: jax.Array, positions: jax.Array, rotation: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`_qkv` with the fused (N, E) matrix of :func:`inference_weights`: one matmul."""
+    b, t, _ = x.shape
+    h, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
+    qkv = _linear(x, w)
+    q = qkv[..., : h * d].reshape(b, t, h, d)
+    k = qkv[..., h * d : (h + kv) * d].reshape(b, t, kv, d)
+    v = qkv[..., (h + kv) * d :].reshape(b, t, kv, d)
+    if rotation is not None:
+        return _rotate(q, rotation), _rotate(k, rotation), v
+    return apply_rope(q, positions, cfg.rope_theta), apply_rope(k, positions, cfg.rope_theta), v
 
 
 def sample_token(logits: jax.Array, key: jax.Array, temperature: float, top_p: float) -> jax.Array:
@@ -345,7 +420,7 @@ class Generator:
         self.cfg = cfg
         self.graphdef, _ = model_graphdef(cfg)
         self.params = params
-        self.head = output_head(cfg, params)
+        self.weights = inference_weights(cfg, params, mesh)
         self.mesh = mesh
         self.pad_multiple = pad_multiple
         self._prefill = jax.jit(self._prefill_fn, static_argnames=("cache_len", "temperature", "top_p"))
@@ -361,7 +436,6 @@ class Generator:
     def _prefill_fn(
         self,
         params: Any,
-        head: jax.Array | None,
         tokens: jax.Array,
         pads: jax.Array,
         key: jax.Array,
@@ -373,13 +447,13 @@ class Generator:
         model = nnx.merge(self.graphdef, params)
         cfg = self.cfg
         cache = init_cache(cfg, tokens.shape[0], cache_len)
-        logits, cache = _forward_with_cache(model, tokens, cache, pads, jnp.int32(0), head)
+        logits, cache = _forward_with_cache(model, tokens, cache, pads, jnp.int32(0))
         return sample_token(logits, key, temperature, top_p), cache
 
     def _decode_fn(
         self,
         params: Any,
-        head: jax.Array | None,
+        weights: InferenceWeights | None,
         token: jax.Array,
         cache: Cache,
         pads: jax.Array,
@@ -409,7 +483,7 @@ class Generator:
             i, token, cache, key, done, out = carry
             model = nnx.merge(self.graphdef, params, copy=True)  # new Variables at the loop body's trace level
             key, sub = jax.random.split(key)
-            logits, cache = _forward_with_cache(model, token[:, None], cache, pads, index + i, head)
+            logits, cache = _forward_with_cache(model, token[:, None], cache, pads, index + i, weights)
             token = sample_token(logits, sub, temperature, top_p)
             out = jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
             return i + 1, token, cache, key, done | (token == EOS_ID), out
@@ -458,7 +532,6 @@ class Generator:
             key, sub = jax.random.split(key)
             token, cache = self._prefill(
                 self.params,
-                self.head,
                 jnp.asarray(tokens),
                 jnp.asarray(pads),
                 sub,
@@ -476,7 +549,7 @@ class Generator:
                 n = min(room, sampling.max_new_tokens - produced)
                 out, steps, token, cache, key, done = self._decode(
                     self.params,
-                    self.head,
+                    self.weights,
                     token,
                     cache,
                     pads_dev,

@@ -35,9 +35,11 @@ def _model(cfg: ModelConfig) -> tuple[Decoder, Generator]:
     return model, Generator(cfg, params, pad_multiple=8)
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
-def test_kv_cache_greedy_equals_full_recomputation(scan_layers: bool) -> None:
-    cfg = dataclasses.replace(CFG, scan_layers=scan_layers)
+@pytest.mark.parametrize(
+    "scan_layers,tied", [(True, True), (False, True), (False, False)], ids=["scan", "unrolled", "untied"]
+)
+def test_kv_cache_greedy_equals_full_recomputation(scan_layers: bool, tied: bool) -> None:
+    cfg = dataclasses.replace(CFG, scan_layers=scan_layers, tie_embeddings=tied)
     model, gen = _model(cfg)
     n = 12
     got = gen.generate(PROMPTS, SamplingConfig(max_new_tokens=n))
@@ -52,32 +54,40 @@ def test_kv_cache_greedy_equals_full_recomputation(scan_layers: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    "scan_layers,reduce_attention", [(True, True), (False, True), (False, False)], ids=["scan", "unrolled", "matmul"]
+    "scan_layers,reduce_attention,tied",
+    [(True, True, True), (False, True, True), (False, False, True), (False, True, False)],
+    ids=["scan", "unrolled", "matmul", "untied"],
 )
 def test_cached_logits_equal_full_forward_logits(
-    scan_layers: bool, reduce_attention: bool, monkeypatch: pytest.MonkeyPatch
+    scan_layers: bool, reduce_attention: bool, tied: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import jax.numpy as jnp
 
     from snowjax import generate
-    from snowjax.generate import _forward_with_cache, init_cache, output_head
+    from snowjax.generate import _forward_with_cache, inference_weights, init_cache
 
     # Small batches attend by multiply-reduce on CPU, larger ones by batched matmuls: test both.
     monkeypatch.setattr(generate, "_CPU_REDUCE_ATTENTION_MAX_ROW_HEADS", 10**6 if reduce_attention else 0)
-    cfg = dataclasses.replace(CFG, scan_layers=scan_layers)
+    cfg = dataclasses.replace(CFG, scan_layers=scan_layers, tie_embeddings=tied)
     model, _ = _model(cfg)
     tokens, pads = left_pad(PROMPTS, 16)
     cache = init_cache(cfg, len(PROMPTS), 24)
     logits, cache = _forward_with_cache(model, jnp.asarray(tokens), cache, jnp.asarray(pads), jnp.int32(0))
     nxt = jnp.asarray([[7], [8], [9], [10]], jnp.int32)
-    # decode steps on CPU take the tied embedding as a separate (E, V) output matrix
-    head = output_head(cfg, nnx.state(model, nnx.Param))
-    assert cfg.tie_embeddings and head is not None and head.shape == (cfg.hidden_size, cfg.vocab_size)
-    logits2, _ = _forward_with_cache(model, nxt, cache, jnp.asarray(pads), jnp.int32(16), head)
-    for i, p in enumerate(PROMPTS):
-        full = model(jnp.asarray([[*p, int(nxt[i, 0])]], jnp.int32))
-        np.testing.assert_allclose(logits[i], full[0, -2], atol=1e-5)
-        np.testing.assert_allclose(logits2[i], full[0, -1], atol=1e-5)
+    # Decode steps on one CPU device read fused (out, in) weights; scanned layers keep the model's.
+    weights = inference_weights(cfg, nnx.state(model, nnx.Param))
+    assert (weights is None) == scan_layers
+    if weights is not None:
+        qkv = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.resolved_head_dim
+        assert weights["layers"][0]["qkv"].shape == (qkv, cfg.hidden_size)
+        assert (weights["head"] is None) == tied  # tied fp32: the embedding itself is the head
+    steps = [weights] if weights is None else [weights, None]
+    for w in steps:
+        logits2, _ = _forward_with_cache(model, nxt, cache, jnp.asarray(pads), jnp.int32(16), w)
+        for i, p in enumerate(PROMPTS):
+            full = model(jnp.asarray([[*p, int(nxt[i, 0])]], jnp.int32))
+            np.testing.assert_allclose(logits[i], full[0, -2], atol=1e-5)
+            np.testing.assert_allclose(logits2[i], full[0, -1], atol=1e-5)
 
 
 def test_sampling_is_seeded_and_top_p_narrows_to_greedy() -> None:
