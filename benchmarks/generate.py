@@ -19,7 +19,8 @@ on the values), exported with ``snowjax.interop.hf.params_to_hf`` + ``hf_config_
 ``save_safetensors``. Prompts are random ids in [4, vocab), all of length ``prompt``
 (no padding on either side).
 
-Both sides run in float32: CPUs have no fast bf16 matmul, so the config's ``dtype: bfloat16``
+Both sides run in float32 (XLA:CPU's bf16 decode step was slower than its fp32 one, even on an
+AMX-capable Xeon), so the config's ``dtype: bfloat16``
 is overridden to ``float32`` (its parameters are fp32 already).
 
 Equal work: both sides must produce exactly ``new`` tokens per row. transformers is held to
@@ -39,7 +40,7 @@ step (the tied embedding once, as the output head; ``weight bytes`` = parameters
 report gives each side's implied weight-read rate (weight bytes x decode steps/s) beside the
 machine's bandwidth measured in the same run: a 512 MiB numpy copy (read + write bytes) and a
 ~470 MB float32 matrix-vector product in each framework (the weight layout its model uses:
-``x @ W`` with W (in, out) for JAX, ``F.linear`` with W (out, in) for torch), before and
+W (out, in) for both: snowjax's decode weights (``inference_weights``) and ``F.linear``), before and
 after the timed generations.
 
 Every measurement runs in its own child process, one after the other (snowjax, then
@@ -232,13 +233,19 @@ def prepare(out_dir: Path, init_std: float, seed: int) -> dict[str, Any]:
 
 
 def jax_matvec_gbps(iters: int = 5) -> float:
-    """Best GB/s of a jitted float32 ``x (1, 768) @ W (768, MATVEC_COLUMNS)``, counting W's bytes."""
+    """Best GB/s of a jitted float32 ``x (1, 768)`` times ``W (MATVEC_COLUMNS, 768)``, counting W's bytes.
+
+    As the decode step multiplies (``snowjax.generate._linear`` on (out, in) weights, with the
+    decode loop's XLA:CPU options).
+    """
     import jax
     import jax.numpy as jnp
 
-    w = jnp.ones((768, MATVEC_COLUMNS), jnp.float32)
+    from snowjax.generate import _DECODE_CPU_OPTIONS, _linear
+
+    w = jnp.ones((MATVEC_COLUMNS, 768), jnp.float32)
     x = jnp.ones((1, 768), jnp.float32)
-    f = jax.jit(jnp.matmul)
+    f = jax.jit(_linear, compiler_options=_DECODE_CPU_OPTIONS if jax.default_backend() == "cpu" else None)
     f(x, w).block_until_ready()
     best = min(_seconds(lambda: f(x, w).block_until_ready()) for _ in range(iters))
     return w.nbytes / best / 1e9
@@ -503,7 +510,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         "",
         f"Model: `configs/model/134m.yaml` ({report['params'] / 1e6:.1f}M parameters, {cfg['num_layers']} layers, "
         f"hidden {cfg['hidden_size']}, {cfg['num_heads']} heads, vocab {cfg['vocab_size']}, tied embeddings) in "
-        "**float32** on both sides (the config's bf16 compute is overridden: CPUs lack fast bf16 matmul), random "
+        "**float32** on both sides (the config's bf16 compute is overridden: XLA:CPU's bf16 decode is slower), random "
         f"weights (init_std {s['init_std']}, seed {s['seed']}) exported to Hugging Face format and loaded by both. "
         f"Prompt {s['prompt']} random tokens, {s['new']} new tokens per row, greedy; median of {s['repeats']} runs.",
         "",

@@ -208,9 +208,16 @@ def _documents(pattern: str) -> dict[str, list[dict[str, Any]]]:
 
     rows: dict[str, list[dict[str, Any]]] = {"train": [], "validation": []}
     for path in sorted(glob.glob(pattern)):
-        for row in pq.read_table(path).to_pylist():
-            rows[row["split"]].append(
-                {"tokens": np.asarray(row["tokens"], np.int32), "language": row["language"], "source": row["repo"]}
+        table = pq.read_table(path)
+        # token lists straight from Arrow's flat values and offsets (no Python list per document)
+        tokens = table["tokens"].combine_chunks()
+        values = tokens.values.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+        offsets = tokens.offsets.to_numpy()
+        for i, (split, language, repo) in enumerate(
+            zip(table["split"].to_pylist(), table["language"].to_pylist(), table["repo"].to_pylist(), strict=True)
+        ):
+            rows[split].append(
+                {"tokens": values[offsets[i] : offsets[i + 1]].copy(), "language": language, "source": repo}
             )
     for docs in rows.values():
         docs.sort(key=lambda d: (d["language"], d["source"]))
