@@ -9,7 +9,9 @@ benchmark item's text as a substring, or shares a word n-gram (10 by default) wi
 - :class:`Decontaminator` answers ``match(content) -> Match | None`` in one pass over the file:
   an Aho-Corasick automaton (``pyahocorasick``) over the whitespace-normalised item texts finds
   substrings, and the file's word n-gram hashes (:mod:`snowjax.data.shingles`) are looked up in
-  the sorted hashes of all items' n-grams. It is picklable, so Beam ships it to workers.
+  the sorted hashes of all items' n-grams. It pickles as its items and parameters (kilobytes,
+  not the megabytes of its automaton and tables) and is rebuilt once per process on unpickling,
+  however many Beam stages or bundles ship it there.
 
 Whitespace normalisation is ``" ".join(text.split())`` on both sides, so re-indented or
 re-wrapped copies still match. Items shorter than ``min_chars`` after normalisation are not
@@ -22,7 +24,10 @@ as evidence.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import pickle
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -158,8 +163,21 @@ def load_benchmark_items(humaneval: bool = True, files: Sequence[str | Path] = (
 # --------------------------------------------------------------------------- matching
 
 
-def _has_letter(word: bytes) -> bool:
-    return any(65 <= c <= 90 or 97 <= c <= 122 or c >= 128 for c in word)
+# one match per whitespace-separated word that holds an ASCII letter or a non-ASCII byte
+_LETTER_WORD = re.compile(rb"\S*[A-Za-z\x80-\xff]\S*")
+
+# Decontaminators rebuilt in this process from their pickled items and parameters, by digest.
+_REBUILT: dict[bytes, Decontaminator] = {}
+_REBUILT_MAX = 4
+
+
+def _rebuild(digest: bytes, spec: tuple) -> Decontaminator:
+    if digest not in _REBUILT:
+        if len(_REBUILT) >= _REBUILT_MAX:
+            _REBUILT.pop(next(iter(_REBUILT)))
+        items, ngram, min_chars, max_ngram_tasks, kinds = spec
+        _REBUILT[digest] = Decontaminator(items, ngram, min_chars, max_ngram_tasks, kinds)
+    return _REBUILT[digest]
 
 
 def normalize_whitespace(text: str) -> str:
@@ -191,6 +209,8 @@ class Decontaminator:
         if unknown:
             raise ValueError(f"unknown item kinds {sorted(unknown)}; known: {KINDS}")
         self.items = [it for it in items if it.kind in kinds]
+        self._spec = (self.items, ngram, min_chars, max_ngram_tasks, tuple(kinds))
+        self._digest = hashlib.blake2b(pickle.dumps(self._spec), digest_size=16).digest()
         self.ngram = ngram
         self.min_chars = min_chars
         self.automaton = ahocorasick.Automaton()
@@ -202,7 +222,7 @@ class Decontaminator:
                 self.automaton.add_word(normal, i)
             hashes = ngram_hashes(item.text, ngram, short_as_one=False).tolist()
             for h, words in zip(hashes, ngram_words(item.text, ngram, short_as_one=False), strict=True):
-                if sum(map(_has_letter, words.split())) * 2 < ngram:  # number lists: shared by chance
+                if len(_LETTER_WORD.findall(words)) * 2 < ngram:  # number lists: shared by chance
                     continue
                 tasks_of[h].add((item.benchmark, item.task_id))
                 first_item.setdefault(h, i)
@@ -216,6 +236,9 @@ class Decontaminator:
             "decontamination: %d items, %d substrings, %d %d-grams (%d common ones ignored)",
             len(self.items), len(self.automaton), len(usable), ngram, self.num_common_ngrams,
         )  # fmt: skip
+
+    def __reduce__(self) -> tuple:
+        return _rebuild, (self._digest, self._spec)
 
     def _match(self, i: int, method: str, snippet: str) -> Match:
         item = self.items[i]

@@ -180,44 +180,53 @@ def _keeper(records: list[dict[str, Any]]) -> dict[str, Any]:
     return min(records, key=dedup.keeper_sort_key)
 
 
-class ExactDedupFn(beam.DoFn):
-    """Files with the same normalised content hash -> the one to keep."""
-
-    def __init__(self) -> None:
-        self.counts = _Counts("exact_dedup")
-
-    def process(self, group: tuple[str, Any]) -> Iterator[dict[str, Any]]:
-        records = list(group[1])
-        for r in records:
-            self.counts.seen("in", _nbytes(r))
-        keep = _keeper(records)
-        for r in records:
-            if r is not keep:
-                self.counts.dropped("duplicate", _nbytes(r))
-        self.counts.seen("out", _nbytes(keep))
-        yield keep
+# A file's dedup metadata, all that the exact and near decisions need (the content stays put):
+# (id, license, stars, UTF-8 bytes, LSH band keys of its MinHash signature, or () without near dedup).
+Meta = tuple[str, str, int, int, tuple[bytes, ...]]
 
 
-class SignatureFn(beam.DoFn):
-    """Record -> (band key, (id, license, stars)) for each LSH band of its MinHash signature."""
+def _meta_sort_key(meta: Meta) -> tuple[int, int, str]:
+    return dedup.keeper_sort_key({"id": meta[0], "license": meta[1], "stars": meta[2]})
 
-    def __init__(self, cfg: dedup.MinHashConfig):
-        self.cfg = cfg
+
+class DedupKeysFn(beam.DoFn):
+    """Record -> (normalised content hash, or the id without exact dedup; :data:`Meta`)."""
+
+    def __init__(self, exact: bool, near: dedup.MinHashConfig | None):
+        self.exact = exact
+        self.near = near
 
     def setup(self) -> None:
-        self.hasher = dedup.MinHasher(self.cfg)
-        self.bands, self.rows = self.cfg.lsh()
+        if self.near is not None:
+            self.hasher = dedup.MinHasher(self.near)
+            self.bands, self.rows = self.near.lsh()
 
-    def process(self, record: dict[str, Any]) -> Iterator[tuple[bytes, tuple[str, str, int]]]:
-        sig = self.hasher.signature(record["content"])
-        meta = (record["id"], record["license"], record["stars"])
-        for key in dedup.band_keys(sig, self.bands, self.rows):
-            yield key, meta
+    def process(self, record: dict[str, Any]) -> Iterator[tuple[str, Meta]]:
+        content = record["content"]
+        key = dedup.normalized_content_hash(content) if self.exact else record["id"]
+        bands: tuple[bytes, ...] = ()
+        if self.near is not None:
+            bands = tuple(dedup.band_keys(self.hasher.signature(content), self.bands, self.rows))
+        yield key, (record["id"], record["license"], record["stars"], _nbytes(record), bands)
+
+
+def _exact_keeper(group: tuple[str, Any]) -> Iterator[Any]:
+    """The files of one content hash -> the keeper's meta; ("drops") (id, "exact") for the others."""
+    metas = list(group[1])
+    keep = min(metas, key=_meta_sort_key)
+    yield keep
+    for other in {m[0] for m in metas} - {keep[0]}:
+        yield beam.pvalue.TaggedOutput("drops", (other, "exact"))
+
+
+def _band_members(meta: Meta) -> Iterator[tuple[bytes, str]]:
+    for key in meta[4]:
+        yield key, meta[0]
 
 
 def _bucket_edges(bucket: tuple[bytes, Any]) -> Iterator[tuple[str, str]]:
     """A star of edges from the bucket's smallest id: enough to connect all its members."""
-    ids = sorted({meta[0] for meta in bucket[1]})
+    ids = sorted(set(bucket[1]))
     for other in ids[1:]:
         yield ids[0], other
 
@@ -228,31 +237,95 @@ def _components(pairs: list[tuple[str, str]]) -> Iterator[tuple[str, str]]:
 
 
 def _cluster_drops(cluster: tuple[str, Any]) -> Iterator[Any]:
-    """Cluster members (id, license, stars) -> the ids to drop, and the cluster's size (tagged)."""
+    """Cluster members (id, license, stars) -> (id, "near") for those to drop; the cluster's size (tagged)."""
     members = [{"id": m[0], "license": m[1], "stars": m[2]} for m in cluster[1]]
     keep = _keeper(members)
     yield beam.pvalue.TaggedOutput("sizes", len(members))
     for m in members:
         if m["id"] != keep["id"]:
-            yield m["id"]
+            yield m["id"], "near"
 
 
-class NearDedupFilterFn(beam.DoFn):
-    """(id, {records, drop marks}) -> the record unless a near-duplicate cluster dropped it."""
+class ApplyDedupFn(beam.DoFn):
+    """(id, {records, drops}) -> the record unless a decision dropped it; counts both dedup stages.
 
-    def __init__(self) -> None:
-        self.counts = _Counts("near_dedup")
+    Records with one id are the same file read twice (the id hashes repository, path and
+    content): with exact dedup on, the first is kept and the others are exact duplicates.
+    """
+
+    def __init__(self, exact: bool, near: bool):
+        self.exact = _Counts("exact_dedup") if exact else None
+        self.near = _Counts("near_dedup") if near else None
 
     def process(self, joined: tuple[str, dict[str, list[Any]]]) -> Iterator[dict[str, Any]]:
         _, parts = joined
-        for record in parts["records"]:
+        reasons = set(parts["drops"])
+        for i, record in enumerate(parts["records"]):
             n = _nbytes(record)
-            self.counts.seen("in", n)
-            if parts["drops"]:
-                self.counts.dropped("near_duplicate", n)
-            else:
-                self.counts.seen("out", n)
-                yield record
+            if self.exact is not None:
+                self.exact.seen("in", n)
+                if i > 0 or "exact" in reasons:
+                    self.exact.dropped("duplicate", n)
+                    continue
+                self.exact.seen("out", n)
+            if self.near is not None:
+                self.near.seen("in", n)
+                if "near" in reasons:
+                    self.near.dropped("near_duplicate", n)
+                    continue
+                self.near.seen("out", n)
+            yield record
+
+
+def _dedup(
+    records: beam.PCollection, exact: bool, near: dedup.MinHashConfig | None
+) -> tuple[beam.PCollection, beam.PCollection | None]:
+    """Exact and near dedup with one shuffle of the files themselves.
+
+    Both decisions are made on :data:`Meta` (ids, licenses, stars, band keys): exact keepers per
+    content hash, then LSH buckets, candidate edges, one union-find and a keeper per cluster.
+    The files are then joined once, by id, with the ids to drop. Returns (records, cluster sizes).
+    """
+    metas = records | "DedupKeys" >> beam.ParDo(DedupKeysFn(exact, near))
+    drops = []
+    if exact:
+        decided = (
+            metas
+            | "GroupByHash" >> beam.GroupByKey()
+            | "KeepOnePerHash" >> beam.FlatMap(_exact_keeper).with_outputs("drops", main="keepers")
+        )
+        keepers, drops = decided.keepers, [decided.drops]
+    else:
+        keepers = metas | "Metas" >> beam.Values()
+    sizes = None
+    if near is not None:
+        edges = (
+            keepers
+            | "BandMembers" >> beam.FlatMap(_band_members)
+            | "GroupByBand" >> beam.GroupByKey()
+            | "BucketEdges" >> beam.FlatMap(_bucket_edges)
+            | "DistinctEdges" >> beam.Distinct()
+        )
+        roots = edges | "AllEdges" >> beam.combiners.ToList() | "UnionFind" >> beam.FlatMap(_components)
+        owners = keepers | "KeeperMeta" >> beam.Map(lambda m: (m[0], (m[0], m[1], m[2])))
+        clusters = (
+            {"root": roots, "meta": owners}
+            | "JoinRoots" >> beam.CoGroupByKey()
+            | "ByRoot" >> beam.FlatMap(lambda kv: [(root, kv[1]["meta"][0]) for root in kv[1]["root"]])
+            | "GroupClusters" >> beam.GroupByKey()
+            | "ClusterDrops" >> beam.FlatMap(_cluster_drops).with_outputs("sizes", main="drops")
+        )
+        sizes = clusters.sizes
+        drops.append(clusters.drops)
+    records = (
+        {
+            "records": records | "ById" >> beam.Map(lambda r: (r["id"], r)),
+            "drops": tuple(drops) | "AllDrops" >> beam.Flatten(),
+        }
+        | "JoinDrops" >> beam.CoGroupByKey()
+        | "ApplyDedup" >> beam.ParDo(ApplyDedupFn(exact, near is not None))
+    )
+    return records, sizes
 
 
 class DecontaminateFn(beam.DoFn):
@@ -287,8 +360,12 @@ def build_curate(
     exact_dedup: bool,
     near_dedup: dedup.MinHashConfig | None,
     decontaminator: Decontaminator | None,
-) -> None:
-    """Add the curation stages to ``p``: units in; curated records, cluster sizes and hits under ``stage_prefix``."""
+    write_curated: bool = True,
+) -> beam.PCollection:
+    """Add the curation stages to ``p``: units in; cluster sizes and hits under ``stage_prefix``.
+
+    Returns the curated records, also written to ``<stage_prefix>/curated-*.parquet`` if ``write_curated``.
+    """
     records = (
         p
         | "Units" >> beam.Create(units, reshuffle=False)
@@ -296,44 +373,16 @@ def build_curate(
         | "Ingest" >> beam.ParDo(IngestFn(limits))
         | "Filter" >> beam.ParDo(FilterFn(filters, languages))
     )
-    if exact_dedup:
-        records = (
-            records
-            | "ContentHash" >> beam.Map(lambda r: (dedup.normalized_content_hash(r["content"]), r))
-            | "GroupByHash" >> beam.GroupByKey()
-            | "KeepOnePerHash" >> beam.ParDo(ExactDedupFn())
-        )
     sizes = None
-    if near_dedup is not None:
-        edges = (
-            records
-            | "Signatures" >> beam.ParDo(SignatureFn(near_dedup))
-            | "GroupByBand" >> beam.GroupByKey()
-            | "BucketEdges" >> beam.FlatMap(_bucket_edges)
-            | "DistinctEdges" >> beam.Distinct()
-        )
-        roots = edges | "AllEdges" >> beam.combiners.ToList() | "UnionFind" >> beam.FlatMap(_components)
-        meta = records | "KeeperMeta" >> beam.Map(lambda r: (r["id"], (r["id"], r["license"], r["stars"])))
-        clusters = (
-            {"root": roots, "meta": meta}
-            | "JoinRoots" >> beam.CoGroupByKey()
-            | "ByRoot" >> beam.FlatMap(lambda kv: [(root, kv[1]["meta"][0]) for root in kv[1]["root"]])
-            | "GroupClusters" >> beam.GroupByKey()
-            | "ClusterDrops" >> beam.FlatMap(_cluster_drops).with_outputs("sizes", main="drops")
-        )
-        sizes = clusters.sizes
-        drops = clusters.drops | "DropMarks" >> beam.Map(lambda i: (i, True))
-        records = (
-            {"records": records | "ById" >> beam.Map(lambda r: (r["id"], r)), "drops": drops}
-            | "JoinDrops" >> beam.CoGroupByKey()
-            | "KeepUnclustered" >> beam.ParDo(NearDedupFilterFn())
-        )
+    if exact_dedup or near_dedup is not None:
+        records, sizes = _dedup(records, exact_dedup, near_dedup)
     decontaminated = records | "Decontaminate" >> beam.ParDo(DecontaminateFn(decontaminator)).with_outputs(
         "hits", main="records"
     )
-    _ = decontaminated.records | "WriteCurated" >> beam.io.WriteToParquet(
-        f"{stage_prefix}/curated", RECORD_SCHEMA, file_name_suffix=".parquet"
-    )
+    if write_curated:
+        _ = decontaminated.records | "WriteCurated" >> beam.io.WriteToParquet(
+            f"{stage_prefix}/curated", RECORD_SCHEMA, file_name_suffix=".parquet"
+        )
     _ = decontaminated.hits | "WriteHits" >> beam.io.WriteToText(
         f"{stage_prefix}/decontamination", file_name_suffix=".jsonl", num_shards=1
     )
@@ -345,6 +394,7 @@ def build_curate(
             | "WriteSizes"
             >> beam.io.WriteToText(f"{stage_prefix}/cluster_sizes", file_name_suffix=".jsonl", num_shards=1)
         )
+    return decontaminated.records
 
 
 class TokenizeFn(beam.DoFn):
@@ -413,10 +463,19 @@ def _file_document(record: dict[str, Any], seed: int, validation_fraction: float
     }
 
 
-def build_tokenize(
-    p: beam.Pipeline,
+def build_tokenize(p: beam.Pipeline, *, curated_pattern: str, **kwargs: Any) -> None:
+    """Tokenize the curated Parquet files (``curated_pattern``); the rest as :func:`tokenize_curated`."""
+    tokenize_curated(p | "ReadCurated" >> beam.io.ReadFromParquet(curated_pattern), **kwargs)
+
+
+def build_prepare(p: beam.Pipeline, *, curate: dict[str, Any], tokenize: dict[str, Any]) -> None:
+    """Curation and tokenization as one pipeline, for a tokenizer given in advance (nothing to train between)."""
+    tokenize_curated(build_curate(p, **curate, write_curated=False), **tokenize)
+
+
+def tokenize_curated(
+    curated: beam.PCollection,
     *,
-    curated_pattern: str,
     tokenizer_path: str,
     files_prefix: str,
     documents_prefix: str,
@@ -427,8 +486,7 @@ def build_tokenize(
 ) -> None:
     """Add tokenization, the file table and the training documents of each level (``documents_prefix-<level>``)."""
     tokenized = (
-        p
-        | "ReadCurated" >> beam.io.ReadFromParquet(curated_pattern)
+        curated
         | "Batch" >> beam.BatchElements(min_batch_size=8, max_batch_size=256)
         | "Tokenize" >> beam.ParDo(TokenizeFn(tokenizer_path))
     )

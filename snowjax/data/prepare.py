@@ -231,6 +231,18 @@ def _read_lines(pattern: str) -> list[Any]:
     return out
 
 
+def _add_listing_drops(counters: dict[str, int], listing_drops: Counter) -> None:
+    """Symlinks and unreadable folders, found while listing on the driver, into the ingest counters."""
+    for reason, n in listing_drops.items():
+        counters[f"ingest/drop:{reason}"] = counters.get(f"ingest/drop:{reason}", 0) + n
+        counters["ingest/files_in"] = counters.get("ingest/files_in", 0) + n
+
+
+def _check_survivors(counters: dict[str, int]) -> None:
+    if not counters.get("decontaminate/files_out"):
+        raise ValueError(f"no file survived curation: {json.dumps(counters, sort_keys=True)}")
+
+
 def prepare(cfg: CurationConfig) -> Path:
     """Run the whole curation; returns the output directory (the dataset's ``data.path``)."""
     from snowjax.data import pipeline
@@ -259,45 +271,44 @@ def prepare(cfg: CurationConfig) -> Path:
     if cfg.decontamination.enabled:
         items = load_benchmark_items(humaneval=cfg.decontamination.humaneval, files=cfg.decontamination.files)
         decontaminator = Decontaminator(items, ngram=cfg.decontamination.ngram)
-    counters = _run(
-        pipeline.build_curate,
-        cfg,
-        "curate",
-        units=units,
-        stage_prefix=str(stage),
-        limits=IngestLimits(max_file_bytes=cfg.max_file_bytes),
-        filters=cfg.filters,
-        languages=tuple(cfg.languages),
-        exact_dedup=cfg.dedup.exact,
-        near_dedup=cfg.dedup.minhash if cfg.dedup.near else None,
-        decontaminator=decontaminator,
-    )
-    for reason, n in listing_drops.items():  # symlinks and unreadable folders, found while listing
-        counters[f"ingest/drop:{reason}"] = counters.get(f"ingest/drop:{reason}", 0) + n
-        counters["ingest/files_in"] = counters.get("ingest/files_in", 0) + n
-    curated = sorted(glob.glob(str(stage / "curated*.parquet")))
-    if not counters.get("decontaminate/files_out"):
-        raise ValueError(f"no file survived curation: {json.dumps(counters, sort_keys=True)}")
-
-    tokenizer_path = _tokenizer(cfg, curated, out)
+    curate = {
+        "units": units,
+        "stage_prefix": str(stage),
+        "limits": IngestLimits(max_file_bytes=cfg.max_file_bytes),
+        "filters": cfg.filters,
+        "languages": tuple(cfg.languages),
+        "exact_dedup": cfg.dedup.exact,
+        "near_dedup": cfg.dedup.minhash if cfg.dedup.near else None,
+        "decontaminator": decontaminator,
+    }
     levels = (cfg.documents.level,) + (
         ("file",) if cfg.documents.file_dataset and cfg.documents.level != "file" else ()
     )
-    counters.update(
-        _run(
-            pipeline.build_tokenize,
-            cfg,
-            "tokenize",
-            curated_pattern=str(stage / "curated*.parquet"),
-            tokenizer_path=str(tokenizer_path),
-            files_prefix=str(out / "files" / "files"),
-            documents_prefix=str(stage / "documents"),
-            levels=levels,
-            seed=cfg.seed,
-            metadata_probability=cfg.documents.metadata_probability,
-            validation_fraction=cfg.validation_fraction,
+    tokenize = {
+        "files_prefix": str(out / "files" / "files"),
+        "documents_prefix": str(stage / "documents"),
+        "levels": levels,
+        "seed": cfg.seed,
+        "metadata_probability": cfg.documents.metadata_probability,
+        "validation_fraction": cfg.validation_fraction,
+    }
+    if cfg.tokenizer.path:
+        # Nothing to train between curation and tokenization: one pipeline, the curated files
+        # go straight to the tokenizer (no Parquet round trip, one set of Beam workers).
+        tokenize["tokenizer_path"] = str(_tokenizer(cfg, [], out))
+        counters = _run(pipeline.build_prepare, cfg, "curate+tokenize", curate=curate, tokenize=tokenize)
+        _add_listing_drops(counters, listing_drops)
+        _check_survivors(counters)
+    else:
+        counters = _run(pipeline.build_curate, cfg, "curate", **curate)
+        _add_listing_drops(counters, listing_drops)
+        _check_survivors(counters)
+        curated = sorted(glob.glob(str(stage / "curated*.parquet")))
+        tokenize["tokenizer_path"] = str(_tokenizer(cfg, curated, out))
+        counters.update(
+            _run(pipeline.build_tokenize, cfg, "tokenize", curated_pattern=str(stage / "curated*.parquet"), **tokenize)
         )
-    )
+    tokenizer_path = Path(tokenize["tokenizer_path"])
     hits = _read_lines(str(stage / "decontamination*.jsonl"))
     hits.sort(key=lambda h: (h["benchmark"], h["task_id"], h["repo"], h["path"]))
     (out / "decontamination.jsonl").write_text("".join(json.dumps(h, sort_keys=True) + "\n" for h in hits))

@@ -47,7 +47,7 @@ def _corpus(root: Path) -> dict[str, str]:
     }
 
 
-def _config(src: Path, out: Path, workers: int) -> CurationConfig:
+def _config(src: Path, out: Path, workers: int, *overrides: str) -> CurationConfig:
     beam = (
         {"runner": "DirectRunner", "direct_running_mode": "multi_processing", "direct_num_workers": workers}
         if workers > 1
@@ -63,6 +63,7 @@ def _config(src: Path, out: Path, workers: int) -> CurationConfig:
             "validation_fraction=0.2",
             "documents.file_dataset=true",
             f"beam={json.dumps(beam)}",
+            *overrides,
         ],
     )
 
@@ -72,6 +73,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("curation")
     planted = _corpus(root / "src")
     outs = {w: prepare(_config(root / "src", root / f"out{w}", w)) for w in (1, 2)}
+    # a given tokenizer: curation and tokenization run as one pipeline
+    given = f"tokenizer.path={outs[1] / 'tokenizer.json'}"
+    outs["given"] = prepare(_config(root / "src", root / "out_given", 2, given))
     return planted, outs
 
 
@@ -80,9 +84,7 @@ def _examples(path: Path, split: str) -> list[tuple]:
     return [(bytes(ex["source"]), bytes(ex["language"]), ex["tokens"].tobytes()) for ex in src]
 
 
-def test_one_and_two_workers_give_identical_output(runs):
-    _, outs = runs
-    a, b = outs[1], outs[2]
+def _same_output(a: Path, b: Path) -> None:
     assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
     for split in ("train", "validation"):
         assert _examples(a, split) == _examples(b, split)
@@ -95,6 +97,17 @@ def test_one_and_two_workers_give_identical_output(runs):
     assert files(a) == files(b)
     ra, rb = (json.loads((o / "report.json").read_text()) for o in (a, b))
     assert ra["counters"] == rb["counters"] and ra["tokens"] == rb["tokens"]
+    assert (a / "decontamination.jsonl").read_text() == (b / "decontamination.jsonl").read_text()
+
+
+def test_one_and_two_workers_give_identical_output(runs):
+    _, outs = runs
+    _same_output(outs[1], outs[2])
+
+
+def test_given_tokenizer_runs_one_pipeline_with_the_same_output(runs):
+    _, outs = runs
+    _same_output(outs[1], outs["given"])
 
 
 def test_stages_drop_what_they_should(runs):
