@@ -27,7 +27,9 @@ Unicode text: byte-level BPE with no normalizer loses nothing.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -132,14 +134,99 @@ def encode_document(tok: Tokenizer, text: str) -> np.ndarray:
     return np.asarray([*ids, EOS_ID], dtype=np.int32)
 
 
-def encode_ids_batch(tok: Tokenizer, texts: Sequence[str]) -> list[np.ndarray]:
-    """Token ids (int32, no EOS) of many texts at once, parallel in ``tokenizers``.
+# GPT-2's pre-tokenizer pattern (what ByteLevel(use_regex=True) splits with) on ASCII text, where
+# \p{L} is [A-Za-z], \p{N} is [0-9] and Unicode's White_Space is re.ASCII's \s ([ \t\n\v\f\r]).
+_ASCII_PIECES = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+", re.ASCII)
+# GPT-2's byte-to-character map of the ByteLevel pre-tokenizer, for the ASCII bytes: printable
+# characters stand for themselves, the others (space, controls, DEL) for chr(256 + k) in byte order.
+_PRINTABLE = set(range(ord("!"), ord("~") + 1))
+_BYTE_CHAR = str.maketrans(
+    {
+        chr(b): chr(b) if b in _PRINTABLE else chr(256 + sum(1 for c in range(b) if c not in _PRINTABLE))
+        for b in range(128)
+    }
+)
 
-    Uses ``encode_batch_fast`` (no character offsets; ~1.4x faster here) where the installed
-    ``tokenizers`` has it: the same ids as ``encode_batch``.
+
+class _PieceCache:
+    """Exact ids of ASCII texts from ``tok``'s own model, one call per distinct pre-token.
+
+    Valid only for the tokenizers :func:`_piece_cache` accepts: no normalizer, the plain
+    ``ByteLevel(add_prefix_space=False, use_regex=True)`` pre-tokenizer, only special added
+    tokens (ignored as text under ``encode_special_tokens``), no truncation or padding. Then
+    ``tok.encode(text)`` is the model's tokens of each regex piece, byte-mapped, one after the
+    other, which is what this computes, with each piece's tokens remembered. Code repeats its
+    identifiers, so most pieces are looked up, not merged (measured ~3x ``encode_batch_fast``'s
+    throughput per core on the standard library, same ids).
     """
-    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
-    return [np.asarray(e.ids, dtype=np.int32) for e in encode(list(texts), add_special_tokens=False)]
+
+    MAX_PIECES = 1 << 20  # remembered pieces before the memory is cleared
+
+    def __init__(self, tok: Tokenizer):
+        self.tok = tok
+        self.tokenize = tok.model.tokenize
+        self.ids: dict[str, list[int]] = {}
+
+    def _piece(self, piece: str) -> list[int]:
+        if len(self.ids) >= self.MAX_PIECES:
+            self.ids.clear()
+        ids = self.ids[piece] = [t.id for t in self.tokenize(piece.translate(_BYTE_CHAR))]
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        known, piece_ids = self.ids.get, self._piece
+        out: list[int] = []
+        for piece in _ASCII_PIECES.findall(text):
+            ids = known(piece)
+            out += ids if ids is not None else piece_ids(piece)
+        return out
+
+
+_PIECE_CACHES: dict[int, tuple[Tokenizer, _PieceCache | None]] = {}
+
+
+def _piece_cache(tok: Tokenizer) -> _PieceCache | None:
+    """The :class:`_PieceCache` of ``tok`` (made once per tokenizer object), or None where it would not be exact."""
+    entry = _PIECE_CACHES.get(id(tok))
+    if entry is None or entry[0] is not tok:
+        spec = json.loads(tok.to_str())
+        pre = spec.get("pre_tokenizer") or {}
+        exact = (
+            spec.get("normalizer") is None
+            and spec.get("truncation") is None
+            and spec.get("padding") is None
+            and pre.get("type") == "ByteLevel"
+            and pre.get("add_prefix_space") is False
+            and pre.get("use_regex", True) is True
+            and all(t.get("special") for t in spec.get("added_tokens", []))
+        )
+        if len(_PIECE_CACHES) >= 8:
+            _PIECE_CACHES.clear()
+        entry = _PIECE_CACHES[id(tok)] = (tok, _PieceCache(tok) if exact else None)
+    return entry[1] if tok.encode_special_tokens else None
+
+
+def encode_ids_batch(tok: Tokenizer, texts: Sequence[str]) -> list[np.ndarray]:
+    """Token ids (int32, no EOS) of many texts at once: exactly ``tok.encode(text, add_special_tokens=False).ids``.
+
+    ASCII texts of a snowjax byte-level BPE go through :class:`_PieceCache` (one process, ~3x
+    faster per core); the others through ``encode_batch_fast`` (parallel in ``tokenizers``, no
+    character offsets) where the installed ``tokenizers`` has it, else ``encode_batch``.
+    """
+    texts = list(texts)
+    out: list[np.ndarray | None] = [None] * len(texts)
+    cache = _piece_cache(tok)
+    rest = []
+    for i, text in enumerate(texts):
+        if cache is not None and text.isascii():
+            out[i] = np.array(cache.encode(text), dtype=np.int32)
+        else:
+            rest.append(i)
+    if rest:
+        encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+        for i, e in zip(rest, encode([texts[i] for i in rest], add_special_tokens=False), strict=True):
+            out[i] = np.asarray(e.ids, dtype=np.int32)
+    return out  # type: ignore[return-value]
 
 
 def encode_documents(tok: Tokenizer, texts: Sequence[str]) -> list[np.ndarray]:
