@@ -171,12 +171,18 @@ _REBUILT: dict[bytes, Decontaminator] = {}
 _REBUILT_MAX = 4
 
 
-def _rebuild(digest: bytes, spec: tuple) -> Decontaminator:
-    if digest not in _REBUILT:
+def _remember(built: Decontaminator) -> None:
+    if built._digest not in _REBUILT:
         if len(_REBUILT) >= _REBUILT_MAX:
             _REBUILT.pop(next(iter(_REBUILT)))
+        _REBUILT[built._digest] = built
+
+
+def _rebuild(digest: bytes, spec: tuple) -> Decontaminator:
+    """Unpickling: the one built in this process with these items and parameters, else a new one."""
+    if digest not in _REBUILT:
         items, ngram, min_chars, max_ngram_tasks, kinds = spec
-        _REBUILT[digest] = Decontaminator(items, ngram, min_chars, max_ngram_tasks, kinds)
+        Decontaminator(items, ngram, min_chars, max_ngram_tasks, kinds)  # remembers itself
     return _REBUILT[digest]
 
 
@@ -236,6 +242,7 @@ class Decontaminator:
             "decontamination: %d items, %d substrings, %d %d-grams (%d common ones ignored)",
             len(self.items), len(self.automaton), len(usable), ngram, self.num_common_ngrams,
         )  # fmt: skip
+        _remember(self)
 
     def __reduce__(self) -> tuple:
         return _rebuild, (self._digest, self._spec)

@@ -7,6 +7,9 @@ Two pipelines, because the tokenizer is trained between them on a sample of the 
 ``tokenize``: curated files -> token ids -> ``OUT/files/*.parquet`` (records + ``num_tokens``)
               and repository (or file) documents -> ``<stage>/documents-*.parquet``
 
+With a tokenizer given in advance, :func:`build_prepare` runs both as one pipeline: the curated
+records go straight to the tokenizer (no Parquet round trip, one start-up of the workers).
+
 Every stage counts the files and bytes it takes in and lets out, and each drop by reason, as Beam
 counters named ``<stage>/<what>`` (:func:`counter_values` reads them back). The stages are the
 pure functions of :mod:`snowjax.data.ingest`, :mod:`~snowjax.data.filters`,
@@ -14,10 +17,12 @@ pure functions of :mod:`snowjax.data.ingest`, :mod:`~snowjax.data.filters`,
 this module only wires them. The same code runs on the DirectRunner here and on Dataflow,
 Flink or Spark through pipeline options.
 
-Near dedup at scale: signatures and LSH buckets are computed in parallel; candidate pairs (one
-edge from each bucket's smallest id to each other member) are joined into clusters by one
-union-find over all pairs, as BigCode's pipeline does: the pairs of near-duplicates are a small
-fraction of the corpus.
+Dedup at scale (:func:`_dedup`): the decisions are made on each file's small metadata (id,
+license, stars, bytes, LSH band keys), never its content: exact keepers per content hash, then
+near-duplicate signatures' buckets in parallel and candidate pairs (one edge from each bucket's
+smallest id to each other member), joined into clusters by one union-find over all pairs, as
+BigCode's pipeline does (the pairs of near-duplicates are a small fraction of the corpus). The
+files themselves are shuffled once, joined by id with the ids to drop.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ Steps (each logged with its counts):
 2. Beam ``curate``: ingest, filters, exact dedup, MinHash near dedup, decontamination;
 3. the tokenizer: trained with ``tokenizers`` on a seeded sample of the curated files (or loaded);
 4. Beam ``tokenize``: token counts per file (``OUT/files/*.parquet``, what the quality annotator
-   reads) and repository documents (StarCoder2 format) or file documents;
+   reads) and repository documents (StarCoder2 format) or file documents (with ``tokenizer.path``
+   set, steps 2 and 4 are one Beam pipeline: there is nothing to train between them);
 5. the documents written as the training core's TFDS ArrayRecord dataset (``OUT``), with
    per-language token counts and the curation's counters in its metadata;
 6. ``OUT/report.{json,md}`` and charts (:mod:`snowjax.data.curation_report`).

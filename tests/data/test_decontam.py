@@ -122,3 +122,19 @@ def test_decontaminator_pickles(items: list[BenchmarkItem], checker: Decontamina
     assert clone.match(leaked) == checker.match(leaked) is not None
     with pytest.raises(ValueError, match="kinds"):
         Decontaminator(items, kinds=["answer"])
+
+
+def test_pickles_as_its_items_and_rebuilds_once_per_process(checker: Decontaminator) -> None:
+    import numpy as np
+
+    decontam._REBUILT.clear()
+    decontaminator = Decontaminator(checker.items)
+    blob = pickle.dumps(decontaminator)
+    assert len(blob) < 400_000  # the items (~200 kB for HumanEval), not the automaton and n-gram tables
+    assert pickle.loads(blob) is decontaminator  # this process built it already
+    decontam._REBUILT.clear()  # as in a fresh Beam worker: rebuilt from the items, once
+    first, second = pickle.loads(blob), pickle.loads(blob)
+    assert first is second and first is not decontaminator
+    np.testing.assert_array_equal(first.ngram_keys, decontaminator.ngram_keys)
+    leak = "x = 1\n" + next(i.text for i in decontaminator.items if i.kind == "solution")
+    assert first.match(leak) == decontaminator.match(leak) and first.match(leak) is not None
