@@ -160,7 +160,7 @@ class _PieceCache:
     throughput per core on the standard library, same ids).
     """
 
-    MAX_PIECES = 1 << 20  # remembered pieces before the memory is cleared
+    MAX_PIECES = 1 << 19  # remembered pieces (~100 MB) before the memory is cleared
 
     def __init__(self, tok: Tokenizer):
         self.tok = tok
