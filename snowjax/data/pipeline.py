@@ -181,16 +181,13 @@ class FilterFn(beam.DoFn):
         yield record
 
 
-def _keeper(records: list[dict[str, Any]]) -> dict[str, Any]:
-    return min(records, key=dedup.keeper_sort_key)
-
-
 # A file's dedup metadata, all that the exact and near decisions need (the content stays put):
 # (id, license, stars, UTF-8 bytes, LSH band keys of its MinHash signature, or () without near dedup).
 Meta = tuple[str, str, int, int, tuple[bytes, ...]]
 
 
-def _meta_sort_key(meta: Meta) -> tuple[int, int, str]:
+def _meta_sort_key(meta: tuple) -> tuple[int, int, str]:
+    """The keeper order (:func:`snowjax.data.dedup.keeper_sort_key`) of a meta's (id, license, stars, ...)."""
     return dedup.keeper_sort_key({"id": meta[0], "license": meta[1], "stars": meta[2]})
 
 
@@ -243,12 +240,12 @@ def _components(pairs: list[tuple[str, str]]) -> Iterator[tuple[str, str]]:
 
 def _cluster_drops(cluster: tuple[str, Any]) -> Iterator[Any]:
     """Cluster members (id, license, stars) -> (id, "near") for those to drop; the cluster's size (tagged)."""
-    members = [{"id": m[0], "license": m[1], "stars": m[2]} for m in cluster[1]]
-    keep = _keeper(members)
+    members = list(cluster[1])
+    keep = min(members, key=_meta_sort_key)
     yield beam.pvalue.TaggedOutput("sizes", len(members))
     for m in members:
-        if m["id"] != keep["id"]:
-            yield m["id"], "near"
+        if m[0] != keep[0]:
+            yield m[0], "near"
 
 
 class ApplyDedupFn(beam.DoFn):

@@ -232,18 +232,6 @@ def _read_lines(pattern: str) -> list[Any]:
     return out
 
 
-def _add_listing_drops(counters: dict[str, int], listing_drops: Counter) -> None:
-    """Symlinks and unreadable folders, found while listing on the driver, into the ingest counters."""
-    for reason, n in listing_drops.items():
-        counters[f"ingest/drop:{reason}"] = counters.get(f"ingest/drop:{reason}", 0) + n
-        counters["ingest/files_in"] = counters.get("ingest/files_in", 0) + n
-
-
-def _check_survivors(counters: dict[str, int]) -> None:
-    if not counters.get("decontaminate/files_out"):
-        raise ValueError(f"no file survived curation: {json.dumps(counters, sort_keys=True)}")
-
-
 def prepare(cfg: CurationConfig) -> Path:
     """Run the whole curation; returns the output directory (the dataset's ``data.path``)."""
     from snowjax.data import pipeline
@@ -293,17 +281,20 @@ def prepare(cfg: CurationConfig) -> Path:
         "metadata_probability": cfg.documents.metadata_probability,
         "validation_fraction": cfg.validation_fraction,
     }
-    if cfg.tokenizer.path:
+    one_pipeline = bool(cfg.tokenizer.path)
+    if one_pipeline:
         # Nothing to train between curation and tokenization: one pipeline, the curated files
         # go straight to the tokenizer (no Parquet round trip, one set of Beam workers).
         tokenize["tokenizer_path"] = str(_tokenizer(cfg, [], out))
         counters = _run(pipeline.build_prepare, cfg, "curate+tokenize", curate=curate, tokenize=tokenize)
-        _add_listing_drops(counters, listing_drops)
-        _check_survivors(counters)
     else:
         counters = _run(pipeline.build_curate, cfg, "curate", **curate)
-        _add_listing_drops(counters, listing_drops)
-        _check_survivors(counters)
+    for reason, n in listing_drops.items():  # symlinks and unreadable folders, found while listing
+        counters[f"ingest/drop:{reason}"] = counters.get(f"ingest/drop:{reason}", 0) + n
+        counters["ingest/files_in"] = counters.get("ingest/files_in", 0) + n
+    if not counters.get("decontaminate/files_out"):
+        raise ValueError(f"no file survived curation: {json.dumps(counters, sort_keys=True)}")
+    if not one_pipeline:
         curated = sorted(glob.glob(str(stage / "curated*.parquet")))
         tokenize["tokenizer_path"] = str(_tokenizer(cfg, curated, out))
         counters.update(
