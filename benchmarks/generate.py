@@ -40,7 +40,7 @@ step (the tied embedding once, as the output head; ``weight bytes`` = parameters
 report gives each side's implied weight-read rate (weight bytes x decode steps/s) beside the
 machine's bandwidth measured in the same run: a 512 MiB numpy copy (read + write bytes) and a
 ~470 MB float32 matrix-vector product in each framework (the weight layout its model uses:
-W (out, in) for both: snowjax's decode weights (``inference_weights``) and ``F.linear``), before and
+W (in, out) for snowjax's decode weights (``inference_weights``), W (out, in) for ``F.linear``), before and
 after the timed generations.
 
 Every measurement runs in its own child process, one after the other (snowjax, then
@@ -233,9 +233,9 @@ def prepare(out_dir: Path, init_std: float, seed: int) -> dict[str, Any]:
 
 
 def jax_matvec_gbps(iters: int = 5) -> float:
-    """Best GB/s of a jitted float32 ``x (1, 768)`` times ``W (MATVEC_COLUMNS, 768)``, counting W's bytes.
+    """Best GB/s of a jitted float32 ``x (1, 768)`` times ``W (768, MATVEC_COLUMNS)``, counting W's bytes.
 
-    As the decode step multiplies (``snowjax.generate._linear`` on (out, in) weights, with the
+    As the decode step multiplies (``snowjax.generate._linear`` on (in, out) weights, with the
     decode loop's XLA:CPU options).
     """
     import jax
@@ -243,7 +243,7 @@ def jax_matvec_gbps(iters: int = 5) -> float:
 
     from snowjax.generate import _DECODE_CPU_OPTIONS, _linear
 
-    w = jnp.ones((MATVEC_COLUMNS, 768), jnp.float32)
+    w = jnp.ones((768, MATVEC_COLUMNS), jnp.float32)
     x = jnp.ones((1, 768), jnp.float32)
     f = jax.jit(_linear, compiler_options=_DECODE_CPU_OPTIONS if jax.default_backend() == "cpu" else None)
     f(x, w).block_until_ready()

@@ -32,7 +32,7 @@ its cache arrays in place, and a single new token attends over the cache in its 
 arrays (unless layers are scanned: then (L, B, K, S, D) stacks): XLA:CPU copies a slice of
 a stacked array before a matmul reads it, which made the decode attention ~8x slower.
 On one CPU device, decoding reads the weights in a layout made for it once per ``Generator``
-(:func:`inference_weights`): fused q/k/v and gate/up projections, each an (out, in) matrix.
+(:func:`inference_weights`): fused q/k/v and gate/up projections and an (E, V) output head.
 """
 
 from __future__ import annotations
@@ -59,8 +59,7 @@ CACHE_AXES = ("layers", *LAYER_CACHE_AXES)
 
 # XLA:CPU options of the decode loop only. A decode step multiplies a few rows (the batch) by
 # every weight; YNNPACK's dots ran those thin matmuls ~25% faster than XLA's default Eigen dots
-# at batch 8 (about the same at batch 1) on an AMD EPYC (Zen 4) host, and on the (out, in)
-# weights of inference_weights several times faster at batch 8 on an Intel Xeon. snowjax turns
+# at batch 8 (about the same at batch 1) on an AMD EPYC (Zen 4) host. snowjax turns
 # YNNPACK fusions off process-wide for training's large matmuls (snowjax/__init__.py); see
 # benchmarks/generate.py for the measurements.
 _DECODE_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
@@ -198,9 +197,8 @@ stacked (L, B, K, S, D) arrays (scanned layers)."""
 
 
 InferenceWeights = dict[str, Any]
-"""``{"head": (V, E) or None, "layers": ({"qkv": (N, E), "o": (E, H*D), "gate_up": (2F, E), "down": (E, F)}, ...)}``
-with ``N = (H + 2K) D``: every projection as one (out, in) matrix (see :func:`inference_weights`); head
-None: the tied (V, E) embedding, already in the compute dtype, is the head."""
+"""``{"head": (E, V), "layers": ({"qkv": (E, N), "o": (H*D, E), "gate_up": (E, 2F), "down": (F, E)}, ...)}``
+with ``N = (H + 2K) D``: every projection as one (in, out) matrix (see :func:`inference_weights`)."""
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> Cache:
@@ -313,24 +311,21 @@ def _forward_with_cache(
     h = model.final_norm(x[:, -1:])
     if weights is None:
         return model.logits(h)[:, 0], cache
-    head = model.embed[...].astype(cfg.dtype) if weights["head"] is None else weights["head"]
-    logits = _linear(h[:, 0], head, preferred_element_type=jnp.float32)
+    logits = _linear(h[:, 0], weights["head"], preferred_element_type=jnp.float32)
     return constrain(logits, ("batch", "vocab")), cache
 
 
 def inference_weights(cfg: ModelConfig, params: Any, mesh: jax.sharding.Mesh | None = None) -> InferenceWeights | None:
     """On one CPU device, the decoder's projections re-laid out once for decoding; else None.
 
-    Each layer's q, k, v become one (N, E) matrix and gate, up one (2F, E), so a decode step
+    Each layer's q, k, v become one (E, N) matrix and gate, up one (E, 2F), so a decode step
     runs four matmuls per layer where the training layout needs seven (XLA:CPU pays a fixed
-    cost per thin matmul, and two threads share a wide one better); every matrix is stored
-    (out, in), as torch's ``F.linear`` reads it, so the few rows of a step stream through
-    contiguous rows of weights; the output head is the tied (V, E) embedding itself or
-    ``lm_head`` transposed. Measured on the 134m config (fp32) on a 2-core Intel Xeon: a decode
-    step took 22-23 ms at batch 1 and 52-56 ms at batch 8 with these weights, 27 and 65 ms with
-    the training layout. Only decoding uses them: the prompt's matmuls have B x P rows, which
-    XLA:CPU's default dots run faster in the training layout (prefill of 128 tokens at batch 1:
-    170 ms against 600 ms in this layout).
+    cost per thin matmul, and two threads share a wide one better). Every matrix is stored
+    (in, out), as training stores it, and the output head is an (E, V) copy of the tied
+    embedding (or ``lm_head`` itself). Measured on the 134m config (fp32, 2-core AMD EPYC,
+    YNNPACK dots): the twelve layers' matmuls and the head take 28 ms per step at batch 8 in
+    this layout against 38 ms stored (out, in) and 13-16 ms at batch 1 either way; a
+    whole batch-8 decode step 41 ms against 55 (benchmarks/generate.py).
 
     The copy costs one model's parameters of memory more, in the compute dtype, so only on CPU
     and without a multi-device mesh (whose tensor axis shards heads of the training layout);
@@ -352,31 +347,27 @@ def inference_weights(cfg: ModelConfig, params: Any, mesh: jax.sharding.Mesh | N
             k, v = attn["k"][...].reshape(e, kv * d), attn["v"][...].reshape(e, kv * d)
             layers.append(
                 {
-                    "qkv": jnp.concatenate([q, k, v], axis=1).T.astype(dt),
-                    "o": attn["o"][...].reshape(h * d, e).T.astype(dt),
-                    "gate_up": jnp.concatenate([mlp["gate"][...], mlp["up"][...]], axis=1).T.astype(dt),
-                    "down": mlp["down"][...].T.astype(dt),
+                    "qkv": jnp.concatenate([q, k, v], axis=1).astype(dt),
+                    "o": attn["o"][...].reshape(h * d, e).astype(dt),
+                    "gate_up": jnp.concatenate([mlp["gate"][...], mlp["up"][...]], axis=1).astype(dt),
+                    "down": mlp["down"][...].astype(dt),
                 }
             )
-        if cfg.tie_embeddings:  # the embedding is (V, E) already: a copy only to change its dtype
-            embed = params["embed"][...]
-            head = None if embed.dtype == jnp.dtype(dt) else embed.astype(dt)
-        else:
-            head = params["lm_head"][...].T.astype(dt)
-        return {"head": head, "layers": tuple(layers)}
+        head = params["embed"][...].T if cfg.tie_embeddings else params["lm_head"][...]
+        return {"head": head.astype(dt), "layers": tuple(layers)}
 
     return prepare(params)
 
 
 def _linear(x: jax.Array, w: jax.Array, preferred_element_type: Any = None) -> jax.Array:
-    """x (..., in) times an (out, in) matrix w: (..., out), as ``F.linear``."""
-    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())), preferred_element_type=preferred_element_type)
+    """x (..., in) times an (in, out) matrix w: (..., out)."""
+    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=preferred_element_type)
 
 
 def _qkv_prepared(
     cfg: ModelConfig, w: jax.Array, x: jax.Array, positions: jax.Array, rotation: jax.Array | None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """:func:`_qkv` with the fused (N, E) matrix of :func:`inference_weights`: one matmul."""
+    """:func:`_qkv` with the fused (E, N) matrix of :func:`inference_weights`: one matmul."""
     b, t, _ = x.shape
     h, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
     qkv = _linear(x, w)

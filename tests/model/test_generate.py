@@ -74,13 +74,13 @@ def test_cached_logits_equal_full_forward_logits(
     cache = init_cache(cfg, len(PROMPTS), 24)
     logits, cache = _forward_with_cache(model, jnp.asarray(tokens), cache, jnp.asarray(pads), jnp.int32(0))
     nxt = jnp.asarray([[7], [8], [9], [10]], jnp.int32)
-    # Decode steps on one CPU device read fused (out, in) weights; scanned layers keep the model's.
+    # Decode steps on one CPU device read fused (in, out) weights; scanned layers keep the model's.
     weights = inference_weights(cfg, nnx.state(model, nnx.Param))
     assert (weights is None) == scan_layers
     if weights is not None:
         qkv = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.resolved_head_dim
-        assert weights["layers"][0]["qkv"].shape == (qkv, cfg.hidden_size)
-        assert (weights["head"] is None) == tied  # tied fp32: the embedding itself is the head
+        assert weights["layers"][0]["qkv"].shape == (cfg.hidden_size, qkv)
+        assert weights["head"].shape == (cfg.hidden_size, cfg.vocab_size)
     steps = [weights] if weights is None else [weights, None]
     for w in steps:
         logits2, _ = _forward_with_cache(model, nxt, cache, jnp.asarray(pads), jnp.int32(16), w)
