@@ -58,6 +58,56 @@ GOAL_CPU = 1.5  # x sentence-transformers
 GOAL_GPU = 1_000_000  # tokens/s per H100
 
 
+def encoder_flops(cfg: Any, window_lengths: list[int]) -> float:
+    """Multiply-add FLOPs (2 per MAC) of a BERT forward over windows of these real lengths (no padding).
+
+    Per token and layer: the q/k/v, output and two feed-forward matmuls; per window and layer:
+    the (T, T) scores and their product with v (4 T^2 E). Embeddings, LayerNorms, GELU and
+    softmax are left out (a few percent), so this is a lower bound of the work.
+    """
+    e, f, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
+    per_token = layers * (2 * e * 3 * e + 2 * e * e + 2 * 2 * e * f)
+    return float(sum(per_token * t + layers * 4 * t * t * e for t in window_lengths))
+
+
+def gemm_gflops(rows: int, k: int, n: int, repeats: int = 5) -> dict[str, float]:
+    """Best float32 GFLOP/s of one (rows, k) x (k, n) product on this CPU in each library.
+
+    ``xla``: jitted ``jnp.dot`` with snowjax's XLA:CPU flags (what the encoder compiles to);
+    ``torch``: ``F.linear`` on 2 threads (sentence-transformers' matmul); ``numpy``: its BLAS.
+    The encoder's largest matmuls have this shape (batch x length rows, hidden -> FFN), so the
+    best of these rates bounds what an fp32 BERT forward can reach here.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((rows, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    flops = 2.0 * rows * k * n
+
+    def best(fn: Any) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return flops / min(times) / 1e9
+
+    dot = jax.jit(jnp.dot)
+    ja, jb = jnp.asarray(a), jnp.asarray(b)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(np.ascontiguousarray(b.T))
+    with torch.inference_mode():
+        return {
+            "xla": best(lambda: dot(ja, jb).block_until_ready()),
+            "torch": best(lambda: torch.nn.functional.linear(ta, tb)),
+            "numpy": best(lambda: a @ b),
+        }
+
+
 def stdlib_texts(n: int, seed: int) -> list[str]:
     import random
 
@@ -98,6 +148,7 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
     from sentence_transformers import SentenceTransformer
 
     from snowjax.config import MeshConfig
+    from snowjax.model.bert import BertConfig
     from snowjax.parallel import make_mesh
     from snowjax.quality.config import EncoderConfig
     from snowjax.quality.encoder import TextEncoder, default_encoder_dir
@@ -108,7 +159,8 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
     buckets = [b for b in (64, 128, 256, 512) if b < args.length] + [args.length]
     cfg = EncoderConfig(window_tokens=args.length, max_windows=1, buckets=buckets, batch_size=args.batch)
     ours = TextEncoder(cfg, mesh=make_mesh(MeshConfig(data=1), devices=__import__("jax").devices()[:1]))
-    real_tokens = sum(len(w[0]) for w in ours.windows(texts))
+    lengths = [len(w[0]) for w in ours.windows(texts)]
+    real_tokens = sum(lengths)
 
     st = SentenceTransformer(str(model_dir), device="cpu")
     st.max_seq_length = args.length
@@ -143,6 +195,15 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
         }
     ratio = rows["snowjax"]["tokens_per_s"] / rows["sentence-transformers"]["tokens_per_s"]
     encoder_ratio = rows["snowjax"]["encoder_tokens_per_s"] / rows["sentence-transformers"]["encoder_tokens_per_s"]
+    # The fp32 ceiling: snowjax's tokenizing plus every FLOP of the forward (real tokens only, no
+    # padding) at the best matmul rate any library reaches on this machine, against torch's time.
+    bert_cfg = BertConfig.from_hf(model_dir)
+    flops = encoder_flops(bert_cfg, lengths)
+    gemm = gemm_gflops(args.batch * args.length, bert_cfg.hidden_size, bert_cfg.intermediate_size)
+    best_gemm = max(gemm.values())
+    ceiling_seconds = tokenize["snowjax"] + flops / (best_gemm * 1e9)
+    for side, r in rows.items():
+        r["encoder_gflops"] = flops / max(1e-9, r["seconds"] - tokenize[side]) / 1e9
     return {
         "mode": "cpu",
         "model": "all-MiniLM-L6-v2 (fp32)",
@@ -156,6 +217,10 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
         "ratio": ratio,
         "encoder_ratio": encoder_ratio,
         "goal": GOAL_CPU,
+        "forward_gflop": flops / 1e9,
+        "gemm_gflops": gemm,
+        "fp32_ceiling_seconds": ceiling_seconds,
+        "fp32_ceiling_ratio": rows["sentence-transformers"]["seconds"] / ceiling_seconds,
         "versions": {p: package_version(p) for p in ("jax", "flax", "torch", "sentence-transformers")},
     }
 
@@ -215,13 +280,14 @@ def markdown(res: dict[str, Any], machine: dict[str, Any]) -> str:
             f"tokens), batch {res['batch']}, {res['model']}; max |embedding difference| "
             f"{res['max_abs_embedding_diff']:.1e}.",
             "",
-            "| side | median s | real tokens/s | of which tokenizing (s) | tokens/s without tokenizing | other CPU |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| side | median s | real tokens/s | of which tokenizing (s) | tokens/s without tokenizing "
+            "| encoder GFLOP/s | other CPU |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for side, r in res["rows"].items():
             lines.append(
                 f"| {side} | {r['seconds']:.2f} | {r['tokens_per_s']:,.0f} | {r['tokenize_seconds']:.2f} | "
-                f"{r['encoder_tokens_per_s']:,.0f} | {r['other_cpu']:.0%} |"
+                f"{r['encoder_tokens_per_s']:,.0f} | {r['encoder_gflops']:.0f} | {r['other_cpu']:.0%} |"
             )
         met = "met" if res["ratio"] >= res["goal"] else "not met"
         lines += [
@@ -231,6 +297,20 @@ def markdown(res: dict[str, Any], machine: dict[str, Any]) -> str:
             "",
             "snowjax tokenizes only the head slice of each file its window comes from (`encoder.slice_chars`); "
             "sentence-transformers tokenizes whole files and truncates.",
+            "",
+            "## fp32 ceiling on this machine",
+            "",
+            f"The forward over the real tokens is {res['forward_gflop']:,.0f} GFLOP (matmuls and attention products "
+            "only); 'encoder GFLOP/s' divides it by each side's time without tokenizing. Best float32 GFLOP/s of "
+            f"one ({res['batch']} x {res['length']}, hidden) x (hidden, FFN) product, the encoder's largest matmul: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in res["gemm_gflops"].items())
+            + ".",
+            "",
+            "Were every FLOP of snowjax's forward run at the best of these rates "
+            f"({max(res['gemm_gflops'].values()):.0f} GFLOP/s, no padding, nothing else), a pass would take "
+            f"{res['fp32_ceiling_seconds']:.2f} s with "
+            f"tokenizing: **at most {res['fp32_ceiling_ratio']:.2f}x** sentence-transformers' "
+            f"{res['rows']['sentence-transformers']['seconds']:.2f} s in float32 on this machine.",
             "",
             "Command: `python benchmarks/annotator.py`.",
         ]
