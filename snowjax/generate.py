@@ -50,6 +50,7 @@ from flax import nnx
 
 from snowjax.config import ModelConfig
 from snowjax.data.tokenizer import EOS_ID, PAD_ID
+from snowjax.kernels import TILE, pack_columns, thin_matmul, thin_matmul_available
 from snowjax.model.attention import apply_rope, multi_head_attention, rope_frequencies
 from snowjax.model.decoder import MLP, Attention, Block, Decoder, dense
 from snowjax.parallel import constrain
@@ -198,7 +199,8 @@ stacked (L, B, K, S, D) arrays (scanned layers)."""
 
 InferenceWeights = dict[str, Any]
 """``{"head": (E, V), "layers": ({"qkv": (E, N), "o": (H*D, E), "gate_up": (E, 2F), "down": (F, E)}, ...)}``
-with ``N = (H + 2K) D``: every projection as one (in, out) matrix (see :func:`inference_weights`)."""
+with ``N = (H + 2K) D``: every projection as one (in, out) matrix, or that matrix packed in column tiles
+(out / TILE, in, TILE) for :func:`~snowjax.kernels.thin_matmul` (see :func:`inference_weights`)."""
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> Cache:
@@ -319,13 +321,15 @@ def inference_weights(cfg: ModelConfig, params: Any, mesh: jax.sharding.Mesh | N
     """On one CPU device, the decoder's projections re-laid out once for decoding; else None.
 
     Each layer's q, k, v become one (E, N) matrix and gate, up one (E, 2F), so a decode step
-    runs four matmuls per layer where the training layout needs seven (XLA:CPU pays a fixed
-    cost per thin matmul, and two threads share a wide one better). Every matrix is stored
-    (in, out), as training stores it, and the output head is an (E, V) copy of the tied
-    embedding (or ``lm_head`` itself). Measured on the 134m config (fp32, 2-core AMD EPYC,
-    YNNPACK dots): the twelve layers' matmuls and the head take 28 ms per step at batch 8 in
-    this layout against 38 ms stored (out, in) and 13-16 ms at batch 1 either way; a
-    whole batch-8 decode step 41 ms against 55 (benchmarks/generate.py).
+    runs four matmuls per layer where the training layout needs seven (a fixed cost per thin
+    matmul, and two threads share a wide one better); the output head is an (E, V) copy of the
+    tied embedding (or ``lm_head`` itself). In float32, where snowjax's CPU kernel builds
+    (:mod:`snowjax.kernels`), every matrix is packed into the column tiles of
+    :func:`~snowjax.kernels.thin_matmul`, which reads each weight once per step whatever the
+    batch; otherwise it is stored (in, out) for XLA's dots. Measured on the 134m config (fp32,
+    2-core AMD EPYC): the twelve layers' matmuls and the head take ~16 ms per step at batch 1-8
+    with the kernel; with XLA's (YNNPACK) dots 31 ms at batch 8 in the (in, out) layout (38 ms
+    stored (out, in)) and 16-18 ms at batch 1 (benchmarks/generate.py).
 
     The copy costs one model's parameters of memory more, in the compute dtype, so only on CPU
     and without a multi-device mesh (whose tensor axis shards heads of the training layout);
@@ -335,6 +339,11 @@ def inference_weights(cfg: ModelConfig, params: Any, mesh: jax.sharding.Mesh | N
         return None
     h, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
     dt = cfg.dtype
+    packed = jnp.dtype(dt) == jnp.float32 and thin_matmul_available()
+
+    def lay_out(w: jax.Array) -> jax.Array:  # (in, out): column tiles for the kernel where it applies
+        w = w.astype(dt)
+        return pack_columns(w) if packed and w.shape[1] % TILE == 0 else w
 
     @jax.jit
     def prepare(params: Any) -> InferenceWeights:
@@ -347,27 +356,29 @@ def inference_weights(cfg: ModelConfig, params: Any, mesh: jax.sharding.Mesh | N
             k, v = attn["k"][...].reshape(e, kv * d), attn["v"][...].reshape(e, kv * d)
             layers.append(
                 {
-                    "qkv": jnp.concatenate([q, k, v], axis=1).astype(dt),
-                    "o": attn["o"][...].reshape(h * d, e).astype(dt),
-                    "gate_up": jnp.concatenate([mlp["gate"][...], mlp["up"][...]], axis=1).astype(dt),
-                    "down": mlp["down"][...].astype(dt),
+                    "qkv": lay_out(jnp.concatenate([q, k, v], axis=1)),
+                    "o": lay_out(attn["o"][...].reshape(h * d, e)),
+                    "gate_up": lay_out(jnp.concatenate([mlp["gate"][...], mlp["up"][...]], axis=1)),
+                    "down": lay_out(mlp["down"][...]),
                 }
             )
         head = params["embed"][...].T if cfg.tie_embeddings else params["lm_head"][...]
-        return {"head": head.astype(dt), "layers": tuple(layers)}
+        return {"head": lay_out(head), "layers": tuple(layers)}
 
     return prepare(params)
 
 
 def _linear(x: jax.Array, w: jax.Array, preferred_element_type: Any = None) -> jax.Array:
-    """x (..., in) times an (in, out) matrix w: (..., out)."""
+    """x (..., in) times an (in, out) matrix w, or its (out / TILE, in, TILE) packing for the CPU kernel: (..., out)."""
+    if w.ndim == 3:
+        return thin_matmul(x, w)  # float32 in and out
     return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=preferred_element_type)
 
 
 def _qkv_prepared(
     cfg: ModelConfig, w: jax.Array, x: jax.Array, positions: jax.Array, rotation: jax.Array | None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """:func:`_qkv` with the fused (E, N) matrix of :func:`inference_weights`: one matmul."""
+    """:func:`_qkv` with the fused (E, N) matrix (or its packing) of :func:`inference_weights`: one matmul."""
     b, t, _ = x.shape
     h, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
     qkv = _linear(x, w)

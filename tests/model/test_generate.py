@@ -54,12 +54,18 @@ def test_kv_cache_greedy_equals_full_recomputation(scan_layers: bool, tied: bool
 
 
 @pytest.mark.parametrize(
-    "scan_layers,reduce_attention,tied",
-    [(True, True, True), (False, True, True), (False, False, True), (False, True, False)],
-    ids=["scan", "unrolled", "matmul", "untied"],
+    "scan_layers,reduce_attention,tied,kernel",
+    [
+        (True, True, True, True),
+        (False, True, True, True),
+        (False, False, True, True),
+        (False, True, False, True),
+        (False, True, True, False),
+    ],
+    ids=["scan", "unrolled", "matmul", "untied", "xla-dots"],
 )
 def test_cached_logits_equal_full_forward_logits(
-    scan_layers: bool, reduce_attention: bool, tied: bool, monkeypatch: pytest.MonkeyPatch
+    scan_layers: bool, reduce_attention: bool, tied: bool, kernel: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import jax.numpy as jnp
 
@@ -68,19 +74,32 @@ def test_cached_logits_equal_full_forward_logits(
 
     # Small batches attend by multiply-reduce on CPU, larger ones by batched matmuls: test both.
     monkeypatch.setattr(generate, "_CPU_REDUCE_ATTENTION_MAX_ROW_HEADS", 10**6 if reduce_attention else 0)
+    from snowjax.kernels import TILE, thin_matmul_available
+
+    if kernel and not thin_matmul_available():
+        pytest.skip("snowjax's CPU kernel does not build here (no C++ compiler)")
+    if not kernel:  # the (in, out) layout and XLA's dots, as where the kernel does not build
+        monkeypatch.setattr(generate, "thin_matmul_available", lambda: False)
     cfg = dataclasses.replace(CFG, scan_layers=scan_layers, tie_embeddings=tied)
     model, _ = _model(cfg)
     tokens, pads = left_pad(PROMPTS, 16)
     cache = init_cache(cfg, len(PROMPTS), 24)
     logits, cache = _forward_with_cache(model, jnp.asarray(tokens), cache, jnp.asarray(pads), jnp.int32(0))
     nxt = jnp.asarray([[7], [8], [9], [10]], jnp.int32)
-    # Decode steps on one CPU device read fused (in, out) weights; scanned layers keep the model's.
+    # Decode steps on one CPU device read fused weights, in the kernel's column tiles where it builds
+    # (float32) or (in, out); scanned layers keep the model's.
     weights = inference_weights(cfg, nnx.state(model, nnx.Param))
     assert (weights is None) == scan_layers
     if weights is not None:
         qkv = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.resolved_head_dim
-        assert weights["layers"][0]["qkv"].shape == (cfg.hidden_size, qkv)
-        assert weights["head"].shape == (cfg.hidden_size, cfg.vocab_size)
+        e, v = cfg.hidden_size, cfg.vocab_size
+        if kernel:
+            assert weights["layers"][0]["qkv"].shape == (qkv // TILE, e, TILE)
+            # a vocabulary that is no multiple of TILE (97 here) keeps its head (in, out) for XLA's dot
+            assert weights["head"].shape == ((v // TILE, e, TILE) if v % TILE == 0 else (e, v))
+        else:
+            assert weights["layers"][0]["qkv"].shape == (e, qkv)
+            assert weights["head"].shape == (e, v)
     steps = [weights] if weights is None else [weights, None]
     for w in steps:
         logits2, _ = _forward_with_cache(model, nxt, cache, jnp.asarray(pads), jnp.int32(16), w)

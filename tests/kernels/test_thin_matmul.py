@@ -1,0 +1,108 @@
+"""snowjax's CPU decode kernel: the products it computes, where it refuses, and how it falls back."""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from snowjax import kernels
+from snowjax.kernels import TILE, pack_columns, thin_matmul, thin_matmul_available
+
+
+@pytest.fixture(scope="module")
+def built() -> None:
+    if not thin_matmul_available():
+        pytest.skip("snowjax's CPU kernel does not build here (no C++ compiler)")
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 8, 9, 17])
+@pytest.mark.parametrize("k,n", [(7, 32), (64, 96), (768, 2304)])
+def test_matches_numpy(built: None, rows: int, k: int, n: int) -> None:
+    rng = np.random.default_rng(rows * 1000 + k)
+    x = rng.standard_normal((rows, k), dtype=np.float32)
+    w = rng.standard_normal((k, n), dtype=np.float32)
+    got = np.asarray(jax.jit(lambda x, w: thin_matmul(x, pack_columns(w)))(x, w))
+    want = x.astype(np.float64) @ w.astype(np.float64)
+    # float32 sums of k products: error grows with sqrt(k) x the product size
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * k)
+
+
+def test_leading_dims_and_inside_a_loop(built: None) -> None:
+    """(B, T, K) inputs, and a call per step of a fori_loop as a decode loop makes it."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 64), dtype=np.float32) / 8
+    x = rng.standard_normal((3, 1, 64), dtype=np.float32)
+    packed = pack_columns(jnp.asarray(w))
+
+    def run(x: jax.Array) -> jax.Array:
+        return jax.lax.fori_loop(0, 5, lambda i, y: jnp.tanh(thin_matmul(y, packed)), x)
+
+    want = x
+    for _ in range(5):
+        want = np.tanh(want @ w)
+    got = jax.jit(run)(jnp.asarray(x))
+    assert got.shape == (3, 1, 64)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+
+
+def test_refuses_what_it_does_not_compute(built: None) -> None:
+    with pytest.raises(ValueError, match="multiple of 32"):
+        pack_columns(jnp.ones((8, 40)))
+    packed = pack_columns(jnp.ones((8, 64)))
+    with pytest.raises(ValueError, match="do not match"):
+        thin_matmul(jnp.ones((2, 9)), packed)
+    with pytest.raises(ValueError, match="float32 only"):
+        thin_matmul(jnp.ones((2, 8), jnp.bfloat16), packed)
+    assert packed.shape == (64 // TILE, 8, TILE)
+
+
+def test_library_is_built_once_per_cache(built: None, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SNOWJAX_KERNEL_CACHE", str(tmp_path))
+    first = kernels._build()
+    stamp = first.stat().st_mtime_ns
+    assert kernels._build() == first and first.stat().st_mtime_ns == stamp  # found, not rebuilt
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left behind
+
+
+def test_switched_off_or_without_a_compiler_it_falls_back(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(kernels, "_state", {})  # as in a fresh process
+    monkeypatch.setenv("SNOWJAX_CPU_KERNELS", "0")
+    assert not thin_matmul_available()
+    monkeypatch.delenv("SNOWJAX_CPU_KERNELS")
+    monkeypatch.setenv("SNOWJAX_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
+    with caplog.at_level(logging.WARNING, logger="snowjax.kernels"):
+        assert not thin_matmul_available()
+    assert "XLA's dots are used instead" in caplog.text
+    assert not list(tmp_path.glob("*.so"))
+
+
+def test_generation_without_the_kernel_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Greedy tokens of a tiny model with the kernel and with XLA's dots (the fallback) agree."""
+    from flax import nnx
+
+    from snowjax import generate
+    from snowjax.config import ModelConfig
+    from snowjax.generate import Generator, SamplingConfig
+    from snowjax.model.decoder import Decoder
+
+    cfg = ModelConfig(
+        vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_size=128, max_seq_len=128,
+        dtype="float32", param_dtype="float32", init_std=0.2, scan_layers=False,
+    )  # fmt: skip
+    params = nnx.state(Decoder(cfg, nnx.Rngs(0)), nnx.Param)
+    prompts = [[5, 6, 7], [9, 10, 11, 12, 13]]
+    sampling = SamplingConfig(max_new_tokens=12)
+    kernel = Generator(cfg, params)
+    assert kernel.weights["head"].ndim == (3 if thin_matmul_available() else 2)
+    with_kernel = kernel.generate(prompts, sampling)
+    monkeypatch.setattr(generate, "thin_matmul_available", lambda: False)
+    without = Generator(cfg, params)
+    assert without.weights["head"].ndim == 2  # (in, out) for XLA's dot
+    assert [g.tokens for g in without.generate(prompts, sampling)] == [g.tokens for g in with_kernel]
