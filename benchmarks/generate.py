@@ -232,18 +232,23 @@ def prepare(out_dir: Path, init_std: float, seed: int) -> dict[str, Any]:
     return {"params": count_params(cfg), "config": dataclasses.asdict(cfg)}
 
 
-def jax_matvec_gbps(iters: int = 5, rows: int = 1) -> float:
+def jax_matvec_gbps(iters: int = 5, rows: int = 1, kernel: bool = False) -> float:
     """Best GB/s of a jitted float32 ``x (rows, 768)`` times ``W (768, MATVEC_COLUMNS)``, counting W's bytes.
 
-    As the decode step multiplies (``snowjax.generate._linear`` on (in, out) weights, with the
-    decode loop's XLA:CPU options); ``rows`` > 1: the weight-streaming rate of a batch's step.
+    ``snowjax.generate._linear`` on (in, out) weights with the decode loop's XLA:CPU options
+    (XLA's matrix-vector product: the machine's bandwidth figure), or with ``kernel`` as the
+    decode step multiplies: snowjax's CPU kernel on packed column tiles where it builds
+    (``snowjax.kernels``); ``rows``: the weight-streaming rate of a batch's step.
     """
     import jax
     import jax.numpy as jnp
 
     from snowjax.generate import _DECODE_CPU_OPTIONS, _linear
+    from snowjax.kernels import pack_columns, thin_matmul_available
 
     w = jnp.ones((768, MATVEC_COLUMNS), jnp.float32)
+    if kernel and thin_matmul_available():
+        w = pack_columns(w).block_until_ready()
     x = jnp.ones((rows, 768), jnp.float32)
     f = jax.jit(_linear, compiler_options=_DECODE_CPU_OPTIONS if jax.default_backend() == "cpu" else None)
     f(x, w).block_until_ready()
@@ -269,7 +274,7 @@ def run_snowjax(case: Case) -> dict[str, Any]:
         case.repeats,
     )
     bandwidth.update(numpy_copy_after=numpy_copy_gbps(), matvec_after=jax_matvec_gbps())
-    thin = max(jax_matvec_gbps(rows=case.batch) for _ in range(2)) if case.batch > 1 else None
+    thin = max(jax_matvec_gbps(rows=case.batch, kernel=True) for _ in range(2))
     out = summarize(case, run, cfg)
     generations = run["result"]
     out.update(
@@ -277,6 +282,7 @@ def run_snowjax(case: Case) -> dict[str, Any]:
         finish_reasons=[g.finish_reason for g in generations],
         bandwidth_gbps=bandwidth,
         batch_matmul_gbps=thin,
+        matmul="snowjax's thin-matmul kernel" if gen.weights and gen.weights["head"].ndim == 3 else "XLA dots",
         kv_cache_slots=_cache_slots(gen, case),
         kv_bytes_per_step=kv_bytes_per_slot(cfg, case.batch) * _cache_slots(gen, case),
         xla_flags=os.environ.get("XLA_FLAGS", ""),  # as in effect, including any snowjax adds on import
@@ -503,8 +509,9 @@ def goal_lines(report: dict[str, Any]) -> list[str]:
             want = 2 * pt["decode_tokens_per_s"]
             lines.append(
                 f"  At batch {batch} a step multiplies {batch} rows by every weight. One ({batch}, 768) x (768, "
-                f"{MATVEC_COLUMNS}) float32 product streams its weights at {rate:.1f} GB/s in XLA (the decode step's "
-                f"dots) and {pt['batch_matmul_gbps']:.1f} GB/s in torch (`F.linear`), against "
+                f"{MATVEC_COLUMNS}) float32 product streams its weights at {rate:.1f} GB/s in snowjax (as its decode "
+                f"step multiplies: {jx.get('matmul', 'XLA dots')}) and {pt['batch_matmul_gbps']:.1f} GB/s in torch "
+                "(`F.linear`), against "
                 f"{bw.get('snowjax_matvec', 0.0):.1f} GB/s for one row: the step's matmuls alone cap snowjax at "
                 f"{ceiling:.0f} tokens/s (weights only, no attention or other work); 2x transformers is "
                 f"{want:.0f} tokens/s: " + ("under that cap." if want <= ceiling else "above that cap.")
@@ -562,7 +569,10 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         "",
     ]
     if jx:
-        lines.append(f"- snowjax: XLA_FLAGS=`{jx['xla_flags']}`; device {jx['device']}.")
+        lines.append(
+            f"- snowjax: decode matmuls by {jx.get('matmul', 'XLA dots')}; XLA_FLAGS=`{jx['xla_flags']}`; "
+            f"device {jx['device']}."
+        )
     if pt:
         lines.append(f"- transformers: {pt['threads']} torch threads, {pt['attention']} attention, dynamic cache.")
     busy = [r["other_cpu_util"] for r in report["results"] if r.get("other_cpu_util") is not None]
