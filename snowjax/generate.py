@@ -32,7 +32,9 @@ its cache arrays in place, and a single new token attends over the cache in its 
 arrays (unless layers are scanned: then (L, B, K, S, D) stacks): XLA:CPU copies a slice of
 a stacked array before a matmul reads it, which made the decode attention ~8x slower.
 On one CPU device, decoding reads the weights in a layout made for it once per ``Generator``
-(:func:`inference_weights`): fused q/k/v and gate/up projections and an (E, V) output head.
+(:func:`inference_weights`): fused q/k/v and gate/up projections and an (E, V) output head,
+in float32 packed for snowjax's thin-matmul kernel (:mod:`snowjax.kernels`), which reads each
+weight once per step whatever the batch.
 """
 
 from __future__ import annotations
