@@ -2,7 +2,7 @@
 //
 // W (K, N) is stored as (N / 32, K, 32): tile t holds columns [32 t, 32 t + 32) of every row,
 // so one tile is one contiguous run of K * 128 bytes. A tile's 32 columns of up to ROWS rows
-// of y stay in registers while the tile streams through once; the tiles are split between
+// of y stay in registers while the tile streams through once; the tiles are shared out to
 // the threads of XLA's intra-op pool. Each weight is read from memory once per call whatever
 // M is, which is what a memory-bound decode step needs (XLA:CPU's library dots stream the
 // weights at well under the machine's bandwidth for 2-16 rows).
@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <thread>
 
 #include "xla/ffi/api/ffi.h"
@@ -83,6 +84,28 @@ void tiles(const float* x, const float* w, float* y, int64_t m, int64_t k, int64
   }
 }
 
+// Work shared by the caller and the tasks it schedules: parts of the tiles, claimed one at a time.
+// It lives on the heap, held by every task: a task that starts after the caller has finished
+// (every part claimed) finds nothing to claim and touches no buffer.
+struct Shared {
+  std::atomic<int64_t> next{0};  // the next part to claim
+  std::atomic<int64_t> done{0};  // parts finished
+  int64_t parts = 0;
+  const float* x = nullptr;
+  const float* w = nullptr;
+  float* y = nullptr;
+  int64_t m = 0, k = 0, n = 0, num_tiles = 0;
+};
+
+void work(Shared& s) {
+  for (;;) {
+    const int64_t part = s.next.fetch_add(1, std::memory_order_relaxed);
+    if (part >= s.parts) return;
+    tiles(s.x, s.w, s.y, s.m, s.k, s.n, s.num_tiles * part / s.parts, s.num_tiles * (part + 1) / s.parts);
+    s.done.fetch_add(1, std::memory_order_release);
+  }
+}
+
 ffi::Error ThinMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                           ffi::ResultBuffer<ffi::F32> y) {
   auto xd = x.dimensions();
@@ -90,33 +113,24 @@ ffi::Error ThinMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   if (xd.size() != 2 || wd.size() != 3 || wd[2] != kTile || wd[1] != xd[1]) {
     return ffi::Error::InvalidArgument("snowjax_thin_matmul: x must be (M, K) and w (N/32, K, 32)");
   }
-  const int64_t m = xd[0], k = xd[1], num_tiles = wd[0], n = num_tiles * kTile;
-  const float* xp = x.typed_data();
-  const float* wp = w.typed_data();
-  float* yp = y->typed_data();
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), num_tiles));
-  if (threads == 1) {
-    tiles(xp, wp, yp, m, k, n, 0, num_tiles);
-    return ffi::Error::Success();
+  auto s = std::make_shared<Shared>();
+  s->x = x.typed_data();
+  s->w = w.typed_data();
+  s->y = y->typed_data();
+  s->m = xd[0];
+  s->k = xd[1];
+  s->num_tiles = wd[0];
+  s->n = s->num_tiles * kTile;
+  // A few parts per thread (of at least 4 tiles each) balance the threads. The caller works too
+  // and then waits only for parts other threads have claimed, so it never waits on a task that
+  // the pool has not started (all of the pool's threads may be busy).
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  s->parts = std::max<int64_t>(1, std::min<int64_t>(4 * threads, s->num_tiles / 4));
+  for (int64_t i = 1; i < std::min<int64_t>(threads, s->parts); ++i) {
+    pool.Schedule([s] { work(*s); });
   }
-  // Split the tiles into one contiguous range per thread; the caller runs the first.
-  std::atomic<int64_t> pending{threads - 1};
-  auto range = [&](int64_t part, int64_t& t0, int64_t& t1) {
-    t0 = num_tiles * part / threads;
-    t1 = num_tiles * (part + 1) / threads;
-  };
-  for (int64_t part = 1; part < threads; ++part) {
-    pool.Schedule([&, part] {
-      int64_t t0, t1;
-      range(part, t0, t1);
-      tiles(xp, wp, yp, m, k, n, t0, t1);
-      pending.fetch_sub(1, std::memory_order_release);
-    });
-  }
-  int64_t t0, t1;
-  range(0, t0, t1);
-  tiles(xp, wp, yp, m, k, n, t0, t1);
-  while (pending.load(std::memory_order_acquire) > 0) {
+  work(*s);
+  while (s->done.load(std::memory_order_acquire) < s->parts) {
     std::this_thread::yield();
   }
   return ffi::Error::Success();

@@ -106,3 +106,15 @@ def test_generation_without_the_kernel_is_the_same(monkeypatch: pytest.MonkeyPat
     without = Generator(cfg, params)
     assert without.weights["head"].ndim == 2  # (in, out) for XLA's dot
     assert [g.tokens for g in without.generate(prompts, sampling)] == [g.tokens for g in with_kernel]
+
+
+def test_independent_products_in_one_program(built: None) -> None:
+    """Products XLA may run at the same time on its thread pool (each shares its tiles out to that pool)."""
+    rng = np.random.default_rng(1)
+    ws = [rng.standard_normal((256, 1024), dtype=np.float32) / 16 for _ in range(4)]
+    x = rng.standard_normal((8, 256), dtype=np.float32)
+    packed = [pack_columns(jnp.asarray(w)) for w in ws]
+    f = jax.jit(lambda x, ps: sum(thin_matmul(x, p) for p in ps))
+    want = sum(x @ w for w in ws)
+    for _ in range(20):
+        np.testing.assert_allclose(np.asarray(f(x, packed)), want, atol=1e-4)
