@@ -52,7 +52,7 @@ from flax import nnx
 
 from snowjax.config import ModelConfig
 from snowjax.data.tokenizer import EOS_ID, PAD_ID
-from snowjax.kernels import TILE, pack_columns, thin_matmul, thin_matmul_available
+from snowjax.kernels import TILE, decode_attention, pack_columns, thin_matmul, thin_matmul_available
 from snowjax.model.attention import apply_rope, multi_head_attention, rope_frequencies
 from snowjax.model.decoder import MLP, Attention, Block, Decoder, dense
 from snowjax.parallel import constrain
@@ -194,6 +194,11 @@ def _decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
     return out.reshape(b, 1, h, d).astype(q.dtype)
 
 
+def _attention_kernel_applies(q: jax.Array, k: jax.Array) -> bool:
+    """Whether a decode step's attention runs in snowjax's CPU kernel (float32, kernels built)."""
+    return q.dtype == jnp.float32 and k.dtype == jnp.float32 and thin_matmul_available()
+
+
 Cache = tuple[Any, Any]
 """Keys and values: per layer, a tuple of L arrays (B, K, S, D) each (unrolled layers), or
 stacked (L, B, K, S, D) arrays (scanned layers)."""
@@ -227,13 +232,16 @@ def _layer_step(
     attention: str,
     rotation: jax.Array | None,
     weights: dict[str, jax.Array] | None = None,
+    pads: jax.Array | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """One layer over new tokens x (B, T, E): write their k/v into the cache at slot ``index`` (in
     place), attend over the layer's cache, and return x and the updated cache.
 
     ``cache`` is this layer's (B, K, S, D) keys and values (``layer`` None), or the stacked
     (L, B, K, S, D) arrays and ``layer`` the index into them (scanned layers). ``weights``: the
-    layer's projections from :func:`inference_weights`, used instead of the block's own.
+    layer's projections from :func:`inference_weights`, used instead of the block's own; with
+    them, in float32 where snowjax's CPU kernels build, a new token attends through
+    :func:`~snowjax.kernels.decode_attention` over its row's filled slots (``pads`` (B,) to ``index``).
     """
     if weights is None:
         q, k, v = _qkv(block.attn, block.attn_norm(x), positions, rotation)
@@ -251,7 +259,9 @@ def _layer_step(
     else:
         layer_k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)
         layer_v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
-    if q.shape[1] == 1:
+    if q.shape[1] == 1 and weights is not None and pads is not None and _attention_kernel_applies(q, layer_k):
+        attn = decode_attention(q[:, 0], layer_k, layer_v, pads, index)[:, None]
+    elif q.shape[1] == 1:
         attn = _decode_attention(q, layer_k, layer_v, mask)
     else:  # the prompt: training's attention, on (B, S, K, D) views of the cache
         k_bskd, v_bskd = jnp.swapaxes(layer_k, 1, 2), jnp.swapaxes(layer_v, 1, 2)
@@ -289,7 +299,7 @@ def _forward_with_cache(
     x = constrain(jnp.take(table, tokens, axis=0), ("batch", "length", "act_embed"))
     rotation = _rope_rotation(positions, cfg.resolved_head_dim, cfg.rope_theta) if t == 1 else None
     step = functools.partial(
-        _layer_step, positions=positions, mask=mask, index=index, attention=cfg.attention, rotation=rotation
+        _layer_step, positions=positions, mask=mask, index=index, attention=cfg.attention, rotation=rotation, pads=pads
     )
     if cfg.scan_layers:
         cache = (constrain(cache[0], CACHE_AXES), constrain(cache[1], CACHE_AXES))

@@ -1,17 +1,22 @@
 """Hand-written CPU kernels for what XLA:CPU's library calls do slowly, registered as XLA FFI targets.
 
-One so far: ``thin_matmul``, a float32 ``x (M, K) @ W (K, N)`` for the few rows of a decode step
-(M = the batch). XLA:CPU's dots stream the weights of such a product at well under the
-machine's memory bandwidth once M > 1 (on a 2-core AMD EPYC: 18 GB/s for M = 2-8, against
-43-55 GB/s for one row); this kernel keeps a column tile of every row in registers and reads
-each weight once per call, whatever M is (33-35 GB/s there, M = 1-8). W is packed once into
-column tiles (:func:`pack_columns`), so one tile is a contiguous run of memory.
+Two, both float32, for a decode step:
 
-The kernel is C++ (``thin_matmul.cc``), compiled on first use with the host's compiler
+- ``thin_matmul``: ``x (M, K) @ W (K, N)`` for the few rows of a decode step (M = the batch).
+  XLA:CPU's dots stream the weights of such a product at well under the machine's memory
+  bandwidth once M > 1 (on a 2-core AMD EPYC: 18 GB/s for M = 2-8, against 43-55 GB/s for one
+  row); this kernel keeps a column tile of every row in registers and reads each weight once
+  per call, whatever M is (33-50 GB/s there, M = 1-8). W is packed once into column tiles
+  (:func:`pack_columns`), so one tile is a contiguous run of memory.
+- ``decode_attention``: one new token per row over its filled cache slots only (the row's first
+  real slot to the current one), where XLA's products and masked softmax read every slot of the
+  preallocated cache.
+
+The kernels are C++ (``decode.cc``), compiled on first use with the host's compiler
 (``g++ -O3 -march=native``, or ``$CXX``) into a cache directory (``$SNOWJAX_KERNEL_CACHE``,
 default ``~/.cache/snowjax/kernels``; the file name hashes the source, flags, jaxlib and CPU),
 and registered with ``jax.ffi``. Without a compiler, or with ``SNOWJAX_CPU_KERNELS=0``,
-:func:`thin_matmul_available` is False and callers keep XLA's dots.
+:func:`thin_matmul_available` is False and callers keep XLA's own code.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ log = logging.getLogger(__name__)
 
 TILE = 32  # columns per packed tile (thin_matmul.cc's kTile)
 _TARGET = "snowjax_thin_matmul"
-_SOURCE = Path(__file__).with_name("thin_matmul.cc")
+_ATTENTION_TARGET = "snowjax_decode_attention"
+_SOURCE = Path(__file__).with_name("decode.cc")
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 _lock = threading.Lock()
 _state: dict[str, Any] = {}  # "ok": bool once tried; "lib": the loaded library (kept alive)
@@ -62,14 +68,14 @@ def _cpu_identity() -> str:
 
 
 def _build() -> Path:
-    """Compile ``thin_matmul.cc`` into the cache (once per source, compiler, jaxlib and CPU); its path."""
+    """Compile ``decode.cc`` into the cache (once per source, compiler, jaxlib and CPU); its path."""
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
     if not cxx:
         raise RuntimeError("no C++ compiler on PATH (g++, c++, clang++ or $CXX)")
     include = jax.ffi.include_dir()
     api = (Path(include) / "xla/ffi/api/api.h").read_bytes()  # the FFI ABI the library is built against
     key_text = "\n".join([_SOURCE.read_text(), cxx, *_FLAGS, include, hashlib.sha256(api).hexdigest(), _cpu_identity()])
-    out = _cache_dir() / f"thin_matmul-{hashlib.sha256(key_text.encode()).hexdigest()[:16]}.so"
+    out = _cache_dir() / f"decode-{hashlib.sha256(key_text.encode()).hexdigest()[:16]}.so"
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +91,8 @@ def _build() -> Path:
 
 
 def thin_matmul_available() -> bool:
-    """Whether :func:`thin_matmul` can run here (CPU backend; built and registered on first call)."""
+    """Whether :func:`thin_matmul` and :func:`decode_attention` can run here (CPU backend; built and
+    registered on first call)."""
     if os.environ.get("SNOWJAX_CPU_KERNELS", "1") == "0" or jax.default_backend() != "cpu":
         return False
     with _lock:
@@ -93,9 +100,11 @@ def thin_matmul_available() -> bool:
             try:
                 lib = ctypes.cdll.LoadLibrary(str(_build()))
                 jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.SnowjaxThinMatmul), platform="cpu")
+                capsule = jax.ffi.pycapsule(lib.SnowjaxDecodeAttention)
+                jax.ffi.register_ffi_target(_ATTENTION_TARGET, capsule, platform="cpu")
                 _state.update(ok=True, lib=lib)
             except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
-                log.warning("snowjax's CPU decode kernel is unavailable, XLA's dots are used instead: %s", e)
+                log.warning("snowjax's CPU decode kernels are unavailable, XLA's code is used instead: %s", e)
                 _state["ok"] = False
         return bool(_state["ok"])
 
@@ -123,3 +132,19 @@ def thin_matmul(x: jax.Array, packed: jax.Array) -> jax.Array:
     rows = x.reshape(-1, k)
     out = jax.ffi.ffi_call(_TARGET, jax.ShapeDtypeStruct((rows.shape[0], tiles * TILE), jnp.float32))(rows, packed)
     return out.reshape(*lead, tiles * TILE)
+
+
+def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, pads: jax.Array, index: jax.Array) -> jax.Array:
+    """One new token per row attending over its cache: q (B, H, D), k and v (B, K, S, D) -> (B, H, D).
+
+    Row b attends over slots ``pads[b]`` to ``index`` (its real tokens so far, the new one's
+    included), query head j over kv head ``j // (H / K)``; scores scaled by ``D ** -0.5``,
+    softmax in float32. Only those slots are read.
+    """
+    b, h, d = q.shape
+    if k.ndim != 4 or k.shape != v.shape or k.shape[0] != b or k.shape[3] != d or h % k.shape[1]:
+        raise ValueError(f"decode_attention: q {q.shape}, k {k.shape}, v {v.shape} do not match")
+    if not all(a.dtype == jnp.float32 for a in (q, k, v)):
+        raise ValueError("decode_attention is float32 only")
+    call = jax.ffi.ffi_call(_ATTENTION_TARGET, jax.ShapeDtypeStruct(q.shape, jnp.float32))
+    return call(q, k, v, pads.astype(jnp.int32), jnp.asarray(index, jnp.int32).reshape(()))

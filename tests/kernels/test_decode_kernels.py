@@ -1,4 +1,4 @@
-"""snowjax's CPU decode kernel: the products it computes, where it refuses, and how it falls back."""
+"""snowjax's CPU decode kernels (thin matmul, decode attention): what they compute, what they refuse, the fallback."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def test_switched_off_or_without_a_compiler_it_falls_back(
     monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
     with caplog.at_level(logging.WARNING, logger="snowjax.kernels"):
         assert not thin_matmul_available()
-    assert "XLA's dots are used instead" in caplog.text
+    assert "XLA's code is used instead" in caplog.text
     assert not list(tmp_path.glob("*.so"))
 
 
@@ -118,3 +118,38 @@ def test_independent_products_in_one_program(built: None) -> None:
     want = sum(x @ w for w in ws)
     for _ in range(20):
         np.testing.assert_allclose(np.asarray(f(x, packed)), want, atol=1e-4)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2)], ids=["mha", "gqa"])
+@pytest.mark.parametrize("index", [0, 9, 23])
+def test_decode_attention_matches_the_masked_softmax(built: None, heads: int, kv_heads: int, index: int) -> None:
+    """Over slots pads[b]..index only, as generate's masked attention over the whole cache computes it."""
+    from snowjax.generate import _decode_attention
+    from snowjax.kernels import decode_attention
+
+    b, s, d = 3, 24, 32
+    rng = np.random.default_rng(index + heads)
+    q = rng.standard_normal((b, heads, d), dtype=np.float32)
+    k = rng.standard_normal((b, kv_heads, s, d), dtype=np.float32)
+    v = rng.standard_normal((b, kv_heads, s, d), dtype=np.float32)
+    pads = np.array([0, min(3, index), index], np.int32)  # the last row has one real slot: the new token's
+    slot = np.arange(s)
+    mask = (slot[None, None, :] <= index) & (slot[None, None, :] >= pads[:, None, None])  # (B, 1, S)
+    want = _decode_attention(jnp.asarray(q)[:, None], jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask))[:, 0]
+    got = jax.jit(decode_attention)(q, k, v, pads, jnp.int32(index))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-6)
+    # slots past index or before a row's pad do not matter
+    k2, v2 = k.copy(), v.copy()
+    k2[:, :, index + 1 :], v2[:, :, index + 1 :] = 1e4, -1e4
+    k2[2, :, :index], v2[2, :, :index] = np.nan, np.nan
+    np.testing.assert_array_equal(np.asarray(jax.jit(decode_attention)(q, k2, v2, pads, jnp.int32(index))), got)
+
+
+def test_decode_attention_refuses_mismatched_shapes(built: None) -> None:
+    from snowjax.kernels import decode_attention
+
+    q, kv = jnp.ones((2, 6, 8)), jnp.ones((2, 4, 16, 8))
+    with pytest.raises(ValueError, match="do not match"):
+        decode_attention(q, kv, kv, jnp.zeros(2, jnp.int32), 3)  # 6 heads over 4 kv heads
+    with pytest.raises(ValueError, match="float32 only"):
+        decode_attention(jnp.ones((2, 4, 8), jnp.bfloat16), kv, kv, jnp.zeros(2, jnp.int32), 3)
