@@ -262,6 +262,7 @@ def run_snowjax(case: Case) -> dict[str, Any]:
 
     from snowjax.generate import Generator, SamplingConfig
     from snowjax.interop.hf import hf_to_params, load_safetensors
+    from snowjax.kernels import thin_matmul_available
 
     cfg = model_config(case.init_std)
     bandwidth = {"numpy_copy_before": numpy_copy_gbps(), "matvec_before": jax_matvec_gbps()}
@@ -275,6 +276,7 @@ def run_snowjax(case: Case) -> dict[str, Any]:
     )
     bandwidth.update(numpy_copy_after=numpy_copy_gbps(), matvec_after=jax_matvec_gbps())
     thin = max(jax_matvec_gbps(rows=case.batch, kernel=True) for _ in range(2))
+    kernels = gen.weights is not None and cfg.dtype == "float32" and thin_matmul_available()  # snowjax.kernels
     out = summarize(case, run, cfg)
     generations = run["result"]
     out.update(
@@ -282,7 +284,8 @@ def run_snowjax(case: Case) -> dict[str, Any]:
         finish_reasons=[g.finish_reason for g in generations],
         bandwidth_gbps=bandwidth,
         batch_matmul_gbps=thin,
-        matmul="snowjax's thin-matmul kernel" if gen.weights and gen.weights["head"].ndim == 3 else "XLA dots",
+        matmul="snowjax's thin-matmul kernel" if kernels else "XLA dots",
+        attends_filled_slots_only=kernels,
         kv_cache_slots=_cache_slots(gen, case),
         kv_bytes_per_step=kv_bytes_per_slot(cfg, case.batch) * _cache_slots(gen, case),
         xla_flags=os.environ.get("XLA_FLAGS", ""),  # as in effect, including any snowjax adds on import
@@ -558,8 +561,13 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         "",
         "KV cache reads come on top of the weights: "
         + (
-            f"snowjax attends over its whole preallocated cache ({jx['kv_cache_slots']} slots, "
-            f"{jx['kv_bytes_per_step'] / jx['batch'] / 1e6:.1f} MB per row per step), "
+            (
+                f"snowjax (decode-attention kernel) over the filled slots of its preallocated {jx['kv_cache_slots']}"
+                "-slot cache, "
+                if jx.get("attends_filled_slots_only")
+                else f"snowjax over its whole preallocated cache ({jx['kv_cache_slots']} slots, "
+                f"{jx['kv_bytes_per_step'] / jx['batch'] / 1e6:.1f} MB per row per step), "
+            )
             if jx
             else ""
         )

@@ -34,7 +34,8 @@ a stacked array before a matmul reads it, which made the decode attention ~8x sl
 On one CPU device, decoding reads the weights in a layout made for it once per ``Generator``
 (:func:`inference_weights`): fused q/k/v and gate/up projections and an (E, V) output head,
 in float32 packed for snowjax's thin-matmul kernel (:mod:`snowjax.kernels`), which reads each
-weight once per step whatever the batch.
+weight once per step whatever the batch; there a new token also attends through snowjax's
+decode-attention kernel, over its row's filled cache slots only.
 """
 
 from __future__ import annotations
