@@ -244,10 +244,10 @@ def jax_matvec_gbps(iters: int = 5, rows: int = 1, kernel: bool = False) -> floa
     import jax.numpy as jnp
 
     from snowjax.generate import _DECODE_CPU_OPTIONS, _linear
-    from snowjax.kernels import pack_columns, thin_matmul_available
+    from snowjax.kernels import cpu_kernels_available, pack_columns
 
     w = jnp.ones((768, MATVEC_COLUMNS), jnp.float32)
-    if kernel and thin_matmul_available():
+    if kernel and cpu_kernels_available():
         w = pack_columns(w).block_until_ready()
     x = jnp.ones((rows, 768), jnp.float32)
     f = jax.jit(_linear, compiler_options=_DECODE_CPU_OPTIONS if jax.default_backend() == "cpu" else None)
@@ -262,7 +262,7 @@ def run_snowjax(case: Case) -> dict[str, Any]:
 
     from snowjax.generate import Generator, SamplingConfig
     from snowjax.interop.hf import hf_to_params, load_safetensors
-    from snowjax.kernels import thin_matmul_available
+    from snowjax.kernels import cpu_kernels_available
 
     cfg = model_config(case.init_std)
     bandwidth = {"numpy_copy_before": numpy_copy_gbps(), "matvec_before": jax_matvec_gbps()}
@@ -276,7 +276,7 @@ def run_snowjax(case: Case) -> dict[str, Any]:
     )
     bandwidth.update(numpy_copy_after=numpy_copy_gbps(), matvec_after=jax_matvec_gbps())
     thin = max(jax_matvec_gbps(rows=case.batch, kernel=True) for _ in range(2))
-    kernels = gen.weights is not None and cfg.dtype == "float32" and thin_matmul_available()  # snowjax.kernels
+    kernels = gen.weights is not None and cfg.dtype == "float32" and cpu_kernels_available()  # snowjax.kernels
     out = summarize(case, run, cfg)
     generations = run["result"]
     out.update(

@@ -53,7 +53,7 @@ from flax import nnx
 
 from snowjax.config import ModelConfig
 from snowjax.data.tokenizer import EOS_ID, PAD_ID
-from snowjax.kernels import TILE, decode_attention, pack_columns, thin_matmul, thin_matmul_available
+from snowjax.kernels import TILE, cpu_kernels_available, decode_attention, pack_columns, thin_matmul
 from snowjax.model.attention import apply_rope, multi_head_attention, rope_frequencies
 from snowjax.model.decoder import MLP, Attention, Block, Decoder, dense
 from snowjax.parallel import constrain
@@ -197,7 +197,7 @@ def _decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
 
 def _attention_kernel_applies(q: jax.Array, k: jax.Array) -> bool:
     """Whether a decode step's attention runs in snowjax's CPU kernel (float32, kernels built)."""
-    return q.dtype == jnp.float32 and k.dtype == jnp.float32 and thin_matmul_available()
+    return q.dtype == jnp.float32 and k.dtype == jnp.float32 and cpu_kernels_available()
 
 
 Cache = tuple[Any, Any]
@@ -352,7 +352,7 @@ def inference_weights(cfg: ModelConfig, params: Any, mesh: jax.sharding.Mesh | N
         return None
     h, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
     dt = cfg.dtype
-    packed = jnp.dtype(dt) == jnp.float32 and thin_matmul_available()
+    packed = jnp.dtype(dt) == jnp.float32 and cpu_kernels_available()
 
     def lay_out(w: jax.Array) -> jax.Array:  # (in, out): column tiles for the kernel where it applies
         w = w.astype(dt)

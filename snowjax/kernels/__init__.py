@@ -14,9 +14,9 @@ Two, both float32, for a decode step:
 
 The kernels are C++ (``decode.cc``), compiled on first use with the host's compiler
 (``g++ -O3 -march=native``, or ``$CXX``) into a cache directory (``$SNOWJAX_KERNEL_CACHE``,
-default ``~/.cache/snowjax/kernels``; the file name hashes the source, flags, jaxlib and CPU),
+default ``~/.cache/snowjax/kernels``; the file name hashes the source, flags, FFI header and CPU),
 and registered with ``jax.ffi``. Without a compiler, or with ``SNOWJAX_CPU_KERNELS=0``,
-:func:`thin_matmul_available` is False and callers keep XLA's own code.
+:func:`cpu_kernels_available` is False and callers keep XLA's own code.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _build() -> Path:
     return out
 
 
-def thin_matmul_available() -> bool:
+def cpu_kernels_available() -> bool:
     """Whether :func:`thin_matmul` and :func:`decode_attention` can run here (CPU backend; built and
     registered on first call)."""
     if os.environ.get("SNOWJAX_CPU_KERNELS", "1") == "0" or jax.default_backend() != "cpu":

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from snowjax import kernels
-from snowjax.kernels import TILE, pack_columns, thin_matmul, thin_matmul_available
+from snowjax.kernels import TILE, cpu_kernels_available, pack_columns, thin_matmul
 
 
 @pytest.fixture(scope="module")
 def built() -> None:
-    if not thin_matmul_available():
+    if not cpu_kernels_available():
         pytest.skip("snowjax's CPU kernel does not build here (no C++ compiler)")
 
 
@@ -73,12 +73,12 @@ def test_switched_off_or_without_a_compiler_it_falls_back(
 ) -> None:
     monkeypatch.setattr(kernels, "_state", {})  # as in a fresh process
     monkeypatch.setenv("SNOWJAX_CPU_KERNELS", "0")
-    assert not thin_matmul_available()
+    assert not cpu_kernels_available()
     monkeypatch.delenv("SNOWJAX_CPU_KERNELS")
     monkeypatch.setenv("SNOWJAX_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
     with caplog.at_level(logging.WARNING, logger="snowjax.kernels"):
-        assert not thin_matmul_available()
+        assert not cpu_kernels_available()
     assert "XLA's code is used instead" in caplog.text
     assert not list(tmp_path.glob("*.so"))
 
@@ -100,9 +100,9 @@ def test_generation_without_the_kernel_is_the_same(monkeypatch: pytest.MonkeyPat
     prompts = [[5, 6, 7], [9, 10, 11, 12, 13]]
     sampling = SamplingConfig(max_new_tokens=12)
     kernel = Generator(cfg, params)
-    assert kernel.weights["head"].ndim == (3 if thin_matmul_available() else 2)
+    assert kernel.weights["head"].ndim == (3 if cpu_kernels_available() else 2)
     with_kernel = kernel.generate(prompts, sampling)
-    monkeypatch.setattr(generate, "thin_matmul_available", lambda: False)
+    monkeypatch.setattr(generate, "cpu_kernels_available", lambda: False)
     without = Generator(cfg, params)
     assert without.weights["head"].ndim == 2  # (in, out) for XLA's dot
     assert [g.tokens for g in without.generate(prompts, sampling)] == [g.tokens for g in with_kernel]

@@ -74,12 +74,12 @@ def test_cached_logits_equal_full_forward_logits(
 
     # Small batches attend by multiply-reduce on CPU, larger ones by batched matmuls: test both.
     monkeypatch.setattr(generate, "_CPU_REDUCE_ATTENTION_MAX_ROW_HEADS", 10**6 if reduce_attention else 0)
-    from snowjax.kernels import TILE, thin_matmul_available
+    from snowjax.kernels import TILE, cpu_kernels_available
 
-    if kernel and not thin_matmul_available():
+    if kernel and not cpu_kernels_available():
         pytest.skip("snowjax's CPU kernel does not build here (no C++ compiler)")
     if not kernel:  # the (in, out) layout and XLA's dots, as where the kernel does not build
-        monkeypatch.setattr(generate, "thin_matmul_available", lambda: False)
+        monkeypatch.setattr(generate, "cpu_kernels_available", lambda: False)
     cfg = dataclasses.replace(CFG, scan_layers=scan_layers, tie_embeddings=tied)
     model, _ = _model(cfg)
     tokens, pads = left_pad(PROMPTS, 16)
