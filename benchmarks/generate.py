@@ -275,7 +275,7 @@ def run_snowjax(case: Case) -> dict[str, Any]:
         case.repeats,
     )
     bandwidth.update(numpy_copy_after=numpy_copy_gbps(), matvec_after=jax_matvec_gbps())
-    thin = max(jax_matvec_gbps(rows=case.batch, kernel=True) for _ in range(2))
+    thin = max(jax_matvec_gbps(rows=case.batch, kernel=True) for _ in range(2)) if case.batch > 1 else None
     kernels = gen.weights is not None and cfg.dtype == "float32" and cpu_kernels_available()  # snowjax.kernels
     out = summarize(case, run, cfg)
     generations = run["result"]
